@@ -1,0 +1,198 @@
+"""model.py against the oracle, transformers 4.51.3, on tiny random checkpoints in float32."""
+import json
+import os
+
+import pytest
+import torch
+from conftest import IM_END, IM_START, VIDEO_PAD, VISION_END, VISION_START, hf_model, rel_diff
+
+import model as M
+
+TOL = 1e-4  # relative max diff (issue 2)
+
+
+def prompt(n_video, q_len=7, seed=0):
+    """Chat-shaped ids: system + user header, one video block (if n_video), a question, the assistant header."""
+    g = torch.Generator().manual_seed(seed)
+    head = [IM_START, 8948, 198, 2610, 525, 264, 10950, 17847, 13, IM_END, 198, IM_START, 872, 198]
+    video = [VISION_START] + [VIDEO_PAD] * n_video + [VISION_END] if n_video else []
+    q = torch.randint(0, 151000, (q_len,), generator=g).tolist()
+    return head + video + q + [IM_END, 198, IM_START, 77091, 198]
+
+
+def pixels(grid, seed=0):
+    t, h, w = grid
+    return torch.randn(t * h * w, 1176, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def pair(ckpt):
+    return M.load_model(ckpt), hf_model(ckpt)
+
+
+GRIDS = [  # (t, h, w) patches: windows that don't tile evenly, one and several temporal groups, tall and wide
+    [(1, 12, 20)], [(2, 36, 10)], [(3, 16, 16)], [(5, 10, 6)], [(1, 8, 8), (2, 12, 20)],
+]
+
+
+@pytest.mark.parametrize("grids", GRIDS, ids=str)
+def test_vision_features_match(pair, grids):
+    ours, hf = pair
+    px = torch.cat([pixels(g, i) for i, g in enumerate(grids)])
+    with torch.no_grad():
+        a = ours.visual(px, grids)
+        b = hf.visual(px, grid_thw=torch.tensor(grids))
+    assert a.shape == b.shape == (sum(t * h * w for t, h, w in grids) // 4, 64)
+    assert rel_diff(a, b) <= TOL
+
+
+def test_window_index_worked_example():
+    # spec §2.4: grid (1, 12, 20) -> llm 6 x 10, windows of 4 x 4 merged tokens
+    win, cu = M.window_index([(1, 12, 20)], 4)
+    assert cu == [0, 64, 128, 160, 192, 224, 240]
+    assert win[:12].tolist() == [0, 1, 2, 3, 10, 11, 12, 13, 20, 21, 22, 23]
+    assert sorted(win.tolist()) == list(range(60))
+
+
+SPGS = [1.0, 0.5, 4 / 3, 0.995, 3.75, 2 / 1.993]  # fps 2, fps 4, fps 1.5, fractional sample fps, long clips
+
+
+@pytest.mark.parametrize("spg", SPGS)
+@pytest.mark.parametrize("grid", [(2, 12, 20), (16, 8, 8), (3, 6, 10)])
+def test_positions_match_get_rope_index(pair, grid, spg):
+    ours, hf = pair
+    ids = prompt(grid[0] * grid[1] * grid[2] // 4)
+    a = M.rope_index(ids, [grid], [spg], ours.c)
+    b, delta = hf.get_rope_index(torch.tensor([ids]), None, torch.tensor([grid]), torch.tensor([spg]), torch.ones(1, len(ids)))
+    assert torch.equal(a, b[:, 0])
+    assert int(a.max()) + 1 - len(ids) == int(delta)
+
+
+def test_positions_text_only_and_two_videos(pair):
+    ours, hf = pair
+    ids = prompt(0)
+    assert torch.equal(M.rope_index(ids, [], [], ours.c), torch.arange(len(ids)).expand(3, -1))
+    g1, g2 = (2, 4, 6), (3, 6, 4)
+    ids = prompt(12)[:-5] + [VISION_START] + [VIDEO_PAD] * 18 + [VISION_END] + prompt(0)[-5:]
+    a = M.rope_index(ids, [g1, g2], [0.5, 4 / 3], ours.c)
+    b, _ = hf.get_rope_index(torch.tensor([ids]), None, torch.tensor([g1, g2]), torch.tensor([0.5, 4 / 3]), torch.ones(1, len(ids)))
+    assert torch.equal(a, b[:, 0])
+
+
+def run_ours(model, ids, grid, spg, px, steps):
+    """Prefill + `steps` decode steps feeding a fixed continuation; returns the logits of every step."""
+    c = model.c
+    grids = [grid] if grid else []
+    pos = M.rope_index(ids, grids, [spg] if grid else [], c)
+    cache = M.KVCache.empty(c, len(ids) + steps, "cpu", torch.float32)
+    with torch.no_grad():
+        emb = model.visual(px, grids) if grid else None
+        logits, _ = model(model.embed(torch.tensor(ids), emb), pos, cache)
+        out, nxt = [logits], int(pos.max()) + 1
+        for s in range(steps):
+            tok = torch.tensor([1000 + 37 * s])
+            logits, _ = model(model.embed(tok), torch.full((3, 1), nxt + s), cache)
+            out.append(logits)
+    return out
+
+
+def run_hf(hf, ids, grid, spg, px, steps):
+    out = []
+    for s in range(steps + 1):
+        full = ids + [1000 + 37 * j for j in range(s)]
+        kw = dict(pixel_values_videos=px, video_grid_thw=torch.tensor([grid]), second_per_grid_ts=torch.tensor([spg])) if grid else {}
+        with torch.no_grad():
+            out.append(hf(input_ids=torch.tensor([full]), attention_mask=torch.ones(1, len(full), dtype=torch.long), **kw).logits[0, -1])
+    return out
+
+
+CASES = [((2, 12, 20), 1.0), ((3, 16, 16), 0.5), ((1, 8, 8), 4 / 3), ((4, 6, 10), 1.0), (None, None)]
+
+
+@pytest.mark.parametrize("grid,spg", CASES, ids=str)
+def test_prefill_and_decode_logits_match(pair, grid, spg):
+    ours, hf = pair
+    ids = prompt(grid[0] * grid[1] * grid[2] // 4 if grid else 0)
+    px = pixels(grid) if grid else None
+    a, b = run_ours(ours, ids, grid, spg, px, 3), run_hf(hf, ids, grid, spg, px, 3)
+    for step, (x, y) in enumerate(zip(a, b)):
+        assert rel_diff(x, y) <= TOL, f"step {step}"
+
+
+def test_cached_decode_equals_full_forward(pair):
+    """Every decode step through our KV cache equals our own full forward over the whole sequence."""
+    ours, _ = pair
+    grid, spg, steps = (2, 12, 20), 1.0, 4
+    ids, px = prompt(120), pixels((2, 12, 20))
+    stepped = run_ours(ours, ids, grid, spg, px, steps)
+    c = ours.c
+    with torch.no_grad():
+        emb = ours.visual(px, [grid])
+        for s in range(steps + 1):
+            full = ids + [1000 + 37 * j for j in range(s)]
+            pos = M.rope_index(ids, [grid], [spg], c)
+            pos = torch.cat([pos, torch.arange(s).expand(3, -1) + int(pos.max()) + 1], 1)
+            logits, _ = ours(ours.embed(torch.tensor(full), emb), pos, M.KVCache.empty(c, len(full), "cpu", torch.float32))
+            assert rel_diff(stepped[s], logits) <= 1e-5
+
+
+def test_tied_head(ckpt_tied):
+    ours, hf = M.load_model(ckpt_tied), hf_model(ckpt_tied)
+    assert ours.lm_head.weight is ours.llm.embed_tokens.weight
+    ids, grid = prompt(60), (2, 12, 10)
+    px = pixels(grid)
+    for x, y in zip(run_ours(ours, ids, grid, 1.0, px, 2), run_hf(hf, ids, grid, 1.0, px, 2)):
+        assert rel_diff(x, y) <= TOL
+
+
+def test_new_key_layout_and_nested_config(ckpt, ckpt_new_layout):
+    a, b = M.load_model(ckpt), M.load_model(ckpt_new_layout)
+    assert "text_config" in json.load(open(os.path.join(ckpt_new_layout, "config.json")))
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_loader_reads_every_tensor_and_dtype(ckpt):
+    m = M.load_model(ckpt, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 and p.device.type == "cpu" for p in m.parameters())
+    assert not any(p.is_meta for p in m.parameters())
+
+
+@pytest.mark.parametrize("break_it,msg", [
+    (lambda d: os.remove(os.path.join(d, sorted(f for f in os.listdir(d) if f.startswith("model-"))[0])), "missing weight shard"),
+    (lambda d: _edit_config(d, model_type="llava"), "model_type"),
+    (lambda d: _edit_config(d, num_hidden_layers=3), "missing"),
+    (lambda d: _edit_config(d, hidden_size=None), "hidden_size"),
+    (lambda d: os.remove(os.path.join(d, "config.json")), "config.json"),
+    (lambda d: _truncate_shard(d), "cannot read"),
+])
+def test_loader_errors(ckpt, tmp_path, break_it, msg):
+    import shutil
+
+    d = str(tmp_path / "broken")
+    shutil.copytree(ckpt, d)
+    break_it(d)
+    with pytest.raises(M.ModelError, match=msg):
+        M.load_model(d)
+
+
+def test_missing_dir():
+    with pytest.raises(M.ModelError, match="not found"):
+        M.load_model("/nonexistent/model")
+
+
+def _edit_config(d, **kw):
+    p = os.path.join(d, "config.json")
+    j = json.load(open(p))
+    for k, v in kw.items():
+        if v is None:
+            j.pop(k)
+        else:
+            j[k] = v
+    json.dump(j, open(p, "w"))
+
+
+def _truncate_shard(d):
+    p = os.path.join(d, sorted(f for f in os.listdir(d) if f.startswith("model-"))[-1])
+    data = open(p, "rb").read()
+    open(p, "wb").write(data[: len(data) // 2])
