@@ -104,6 +104,10 @@ class Config:
 
 # ----------------------------------------------------------------------------- shared pieces
 
+def upcast(x):  # to fp32 for bf16/fp16/fp32; fp64 stays fp64 (the float64 gradient checks rely on it)
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim, eps):
         super().__init__()
@@ -111,7 +115,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):  # normalize in fp32, scale in the model dtype (as the reference does)
-        xf = x.float()
+        xf = upcast(x)
         return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
 
 
@@ -144,8 +148,8 @@ class VisionAttention(nn.Module):
         N, Dv = x.shape
         q, k, v = self.qkv(x).view(N, 3, self.heads, -1).unbind(1)  # each [N, Hv, dv]
         # vision rotary is applied in fp32 (§2.5)
-        q = (q.float() * cos + rotate_half(q.float()) * sin).to(x.dtype)
-        k = (k.float() * cos + rotate_half(k.float()) * sin).to(x.dtype)
+        q = (upcast(q) * cos + rotate_half(upcast(q)) * sin).to(x.dtype)
+        k = (upcast(k) * cos + rotate_half(upcast(k)) * sin).to(x.dtype)
         out = torch.empty_like(q)
         for idx in segments:  # attention never crosses a window / 2-frame group; equal-length segments batched
             qs, ks, vs = (t[idx].transpose(1, 2) for t in (q, k, v))  # [n, Hv, L, dv]
@@ -358,8 +362,8 @@ class Qwen25VL(nn.Module):
             h = h.masked_scatter(is_video[:, None], video_embeds.to(h.dtype))
         return h
 
-    def logits(self, h):  # final norm + LM head, only on the rows passed in
-        return self.lm_head(self.llm.norm(h)).float()
+    def logits(self, h):  # final norm + LM head, only on the rows passed in; bf16/fp16 logits are upcast to fp32
+        return upcast(self.lm_head(self.llm.norm(h)))
 
     def forward(self, h, pos, cache):
         """Run all layers on S new rows h [S, D] at positions pos [3, S], appending their K/V to the cache.

@@ -119,15 +119,17 @@ def frames_to_patches(frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, in
         raise VideoError(f"frames must be [n, 3, H, W] with H, W multiples of {FACTOR}, got {list(frames.shape)}")
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    x = (frames.float() / 255 - mean) / std                        # fp32; equals HF's float64 rescale then fp32 normalize
     if n % FRAME_FACTOR:
-        x = torch.cat([x, x[-1:]])                                 # odd count: repeat the last frame
+        frames = torch.cat([frames, frames[-1:]])                  # odd count: repeat the last frame
+    # fp32 (v/255 - mean)/std == HF's float64 rescale then fp32 normalize. In place on one copy:
+    # a long video's fp32 frames take GBs, so we keep just this copy and the permuted output.
+    x = frames.to(torch.float32, copy=True).div_(255).sub_(mean).div_(std)
     t, gh, gw = x.shape[0] // FRAME_FACTOR, H // PATCH, W // PATCH
     x = x.reshape(t, FRAME_FACTOR, 3, gh // MERGE, MERGE, PATCH, gw // MERGE, MERGE, PATCH)
     # (t, tp, c, bh, mh, ph, bw, mw, pw) -> (t, bh, bw, mh, mw, c, tp, ph, pw): the 4 patches of a
     # 2x2 merge block are adjacent rows, each row is (c, tp, ph, pw) = the Conv3d patch-embed layout.
     x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    return x.reshape(t * gh * gw, 3 * FRAME_FACTOR * PATCH * PATCH).contiguous(), (t, gh, gw)
+    return x.reshape(t * gh * gw, 3 * FRAME_FACTOR * PATCH * PATCH), (t, gh, gw)   # reshape copies: contiguous
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -154,22 +156,25 @@ def _decode(path: str, on_frame) -> tuple[int, float]:
 
 def load_video(path, fps: float = 2.0, nframes: int | None = None, max_frames: int = 768,
                min_pixels=None, max_pixels=None, total_pixels=None) -> Video:
+    """Decode, sample and preprocess a video file like qwen-vl-utils 0.0.10 + the HF processor.
+    Samples at `fps` (frames per second of video) unless `nframes` is given, which then wins.
+    Pixel limits default to qwen-vl-utils' video limits (see video_pixel_limits)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VideoError(f"video not found: {path}")
     if os.path.isdir(path):
         raise VideoError(f"video path is a directory: {path}")
 
-    # Pass 1: count decoded frames (torchvision's `total`) and check one frame size, converting nothing.
+    # Pass 1: count decoded frames (torchvision's `total`) and collect frame sizes, converting nothing.
     sizes = set()
     total, video_fps = _decode(path, lambda i, f: sizes.add((f.height, f.width)))
     if total == 0:
         raise VideoError(f"no decodable video frames in {path}")
-    if len(sizes) > 1:
+    if len(sizes) > 1:                                             # torchvision could not stack these either
         raise VideoError(f"frame size changes mid-stream in {path}: {sorted(sizes)}")
     if not video_fps > 0:
         raise VideoError(f"cannot determine the frame rate of {path}")
-    (H, W), = sizes
+    H, W = sizes.pop()
     n = smart_nframes(total, video_fps, fps=fps, nframes=nframes, max_frames=max_frames)
     idx = torch.linspace(0, total - 1, n).round().long().tolist()  # fp32 linspace, half-to-even, like qwen-vl-utils
     sample_fps = n / total * video_fps

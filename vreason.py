@@ -9,10 +9,12 @@ import argparse
 import json
 import math
 import os
+import re
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 import torch
 
@@ -24,12 +26,27 @@ import video as V
 
 @dataclass
 class Settings:
-    mode: str = "baseline"
+    mode: str = "baseline"  # baseline | vreason | lite
     max_new_tokens: int = 1024
     temperature: float = 0.0  # 0 = greedy (plain argmax)
     top_p: float = 1.0
     repetition_penalty: float = 1.0  # HF semantics when != 1: over every id so far, prompt included
     seed: int = 0
+    # V-Reason (spec ../shared/spec/vreason.md; [ours] choices are flags, defaults as the spec states)
+    beta: float = 0.9  # EMA of the entropy
+    update_every: int = 2  # k: optimize on every k-th token (paper: k = 2 best)
+    steps: int = 1  # Adam steps per update
+    lr: float = 1e-2
+    objective: str = "switch"  # switch | minimize | maximize (paper ablations)
+    kl: str = "pu"  # pu: KL(p||U) = log|V| - H;  up: KL(U||p)
+    redecode: bool = True  # after an update, recompute the current logits before choosing the token
+    controller: str = "per-token"  # per-token | shared (one row per kv head)
+    prune_ratio: float = None  # fraction of video tokens dropped from the KV cache; None: 0.5 in lite, else 0
+    prune_policy: str = "per-layer"  # per-layer | last-layer
+
+    def __post_init__(self):
+        if self.prune_ratio is None:
+            self.prune_ratio = 0.5 if self.mode == "lite" else 0.0
 
 
 @dataclass
@@ -46,6 +63,13 @@ class Prepared:
 class Step:
     token: int
     entropy: float  # nats, full vocabulary, T = 1, of the logits that chose the token
+    ema: float
+    peak: float
+    alpha: float  # what the switching rule gives at this token, whether or not an update ran
+    updated: bool = False
+    loss: float = None  # of the first optimization step of this update
+    entropy_before: float = None  # before the update (the EMA uses this one)
+    opt_s: float = 0.0  # time spent optimizing + redecoding at this token
 
 
 def prepare(model, tok, video, question, system=None):
@@ -60,8 +84,8 @@ def prepare(model, tok, video, question, system=None):
     return Prepared(torch.tensor(ids, device=dev), pos, emb, video, time.perf_counter() - t0)
 
 
-def entropy(logits):  # [V] -> nats, float32, full vocabulary, temperature 1
-    logp = torch.log_softmax(logits.float(), -1)
+def entropy(logits):  # [V] fp32 (or fp64) logits from model.logits -> nats, full vocabulary, temperature 1
+    logp = torch.log_softmax(logits, -1)
     return -(logp.exp() * logp).sum()
 
 
@@ -81,23 +105,142 @@ def choose(logits, s, seen, gen):
     return int(torch.multinomial(probs.cpu(), 1, generator=gen))
 
 
-def generate(model, prep, s, stop_ids):
-    """Decode one sample, yielding a Step per generated token (the stop token included when produced)."""
+# ----------------------------------------------------------------------------- the method (paper §3, spec §2-§5)
+
+class Controller:
+    """ΔV (paper Fig. 2a): a float32 offset on the last decoder layer's value rows at video positions, nothing else.
+    It only turns each value vector, never rescales it: v = (v0 + dv) / ||v0 + dv|| * ||v0||. Zero init, so the
+    model is untouched until the first update. Why the last layer: its values feed nothing else that is cached, so
+    the gradient for the current token needs just that layer recomputed at one position (input detached)."""
+
+    def __init__(self, cache, lo, hi, s):  # video rows are cache rows [lo, hi) of every layer
+        self.lo, self.hi, self.s = lo, hi, s
+        V = cache.v[-1][:, lo:hi]
+        self.v0 = V.to(torch.promote_types(V.dtype, torch.float32)).clone()  # [Hkv, Nv, d], fp32 at least
+        self.v0_norm = self.v0.norm(dim=-1, keepdim=True)  # [Hkv, Nv, 1]
+        shape = self.v0.shape if s.controller == "per-token" else (self.v0.shape[0], 1, self.v0.shape[2])
+        self.dv = torch.zeros(shape, device=self.v0.device, dtype=self.v0.dtype, requires_grad=True)
+        self.opt = torch.optim.Adam([self.dv], lr=s.lr)
+
+    def rows(self):  # [Hkv, Nv, d] fp32, differentiable in dv
+        x = self.v0 + self.dv
+        return x / (x.norm(dim=-1, keepdim=True) + 1e-6) * self.v0_norm
+
+    def logits(self, model, cache, h_in, pos):
+        """Last layer at the current position, its video value rows = rows(); then final norm + LM head."""
+        K, Vc = cache.k[-1][:, : cache.length], cache.v[-1][:, : cache.length]
+        Vn = torch.cat([Vc[:, : self.lo], self.rows().to(Vc.dtype), Vc[:, self.hi :]], 1)
+        return model.last_layer(h_in, pos, K, Vn)
+
+    def update(self, model, cache, h_in, pos, alpha):
+        """`steps` Adam steps on the switching loss, then write the new rows into the cache. Returns the first loss."""
+        losses = []
+        for _ in range(self.s.steps):
+            loss = alpha * kl_to_uniform(self.logits(model, cache, h_in, pos), self.s.kl)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()  # into dv only: weights are frozen, h_in and the cache carry no graph
+            self.opt.step()
+            losses.append(float(loss.detach()))
+        with torch.no_grad():
+            cache.v[-1][:, self.lo : self.hi] = self.rows().to(cache.v[-1].dtype)
+        return losses[0]
+
+    def ratio(self):  # ||V - V0|| / ||V0|| over the controlled rows
+        with torch.no_grad():
+            return float((self.rows() - self.v0).norm() / self.v0.norm().clamp_min(1e-12))
+
+
+def kl_to_uniform(logits, direction):
+    """Entropy Switching Loss without its sign (paper eq. for L_switch). KL(p||U) = log|V| - H(p) (default);
+    KL(U||p) = -log|V| - mean(log p) (note: F.kl_div(log_p, U) computes this second one)."""
+    logp = torch.log_softmax(logits, -1)
+    if direction == "pu":
+        return math.log(logp.numel()) + (logp.exp() * logp).sum()
+    return -math.log(logp.numel()) - logp.mean()
+
+
+class Switch:
+    """The switching rule (paper §3.2): an EMA of the entropy and its running peak. alpha = +1 (raise entropy:
+    explore) while the EMA sits at its running peak, -1 (lower it: exploit) as soon as it dips below; after the
+    global peak it stays -1. `minimize` / `maximize` are the paper's fixed-sign ablations."""
+
+    def __init__(self, beta, objective):
+        self.beta, self.objective, self.ema, self.peak = beta, objective, None, None
+
+    def __call__(self, H):  # entropy of the current token -> alpha
+        self.ema = H if self.ema is None else self.beta * self.ema + (1 - self.beta) * H
+        self.peak = self.ema if self.peak is None else max(self.peak, self.ema)
+        return {"switch": -1.0 if self.ema < self.peak else 1.0, "minimize": -1.0, "maximize": 1.0}[self.objective]
+
+
+def prune(cache, lo, hi, ratio, policy):
+    """V-Reason Lite (spec §5): per layer, drop the floor(ratio * N) video rows whose value vectors have the smallest
+    norm (mean over kv heads of the L2 norm), K and V alike, keeping the rest in order; text rows are never dropped.
+    Keys carry their rotary phase, so the compacted cache stays valid. Returns the new end of the video rows."""
+    n = hi - lo
+    keep = n - math.floor(ratio * n)
+    score = lambda Vl: Vl[:, lo:hi].float().norm(dim=-1).mean(0)  # [N]
+    last = score(cache.v[-1])
+    for K, Vl in zip(cache.k, cache.v):
+        idx = lo + (last if policy == "last-layer" else score(Vl)).topk(keep).indices.sort().values
+        for X in (K, Vl):
+            tail = X[:, hi : cache.length].clone()
+            X[:, lo : lo + keep] = X[:, idx]
+            X[:, lo + keep : lo + keep + tail.shape[1]] = tail
+    cache.length -= n - keep
+    return lo + keep
+
+
+def video_span(ids, video_token_id):
+    where = (ids == video_token_id).nonzero().flatten()
+    lo, hi = int(where[0]), int(where[-1]) + 1
+    assert hi - lo == len(where), "the video tokens must be contiguous"
+    return lo, hi
+
+
+def generate(model, prep, s, stop_ids, info=None):
+    """Decode one sample (batch 1), yielding a Step per token (the stop token included when produced). Each step
+    follows spec §4 in order: logits -> entropy, EMA, peak -> every k-th token an update of ΔV and a redecode ->
+    choose the token. `info` (a dict, optional) receives the run's figures (KV bytes, video tokens kept, ΔV/V)."""
+    info = {} if info is None else info
     dev = prep.ids.device
     gen = torch.Generator().manual_seed(s.seed)
+    t0 = time.perf_counter()
     cache = M.KVCache.empty(model.c, len(prep.ids) + s.max_new_tokens, dev, model.lm_head.weight.dtype)
     with torch.no_grad():
-        logits, _ = model(model.embed(prep.ids, prep.video_embeds), prep.pos, cache)
-    nxt = int(prep.pos.max()) + 1  # positions are carried explicitly: never derived from the cache length
-    seen = prep.ids.clone()
+        logits, h_in = model(model.embed(prep.ids, prep.video_embeds), prep.pos, cache)
+    lo, hi = video_span(prep.ids, model.c.video_token_id)
+    info.update(kv_bytes_before=cache.nbytes(), video_tokens=hi - lo)
+    if s.prune_ratio > 0:
+        hi = prune(cache, lo, hi, s.prune_ratio, s.prune_policy)
+    sync(dev)
+    info.update(prefill_s=time.perf_counter() - t0, kv_bytes_after=cache.nbytes(), video_tokens_kept=hi - lo, updates=0)
+    ctrl = Controller(cache, lo, hi, s) if s.mode in ("vreason", "lite") else None
+    pos = prep.pos[:, -1:]  # position of the row whose logits we hold; carried explicitly, never the cache length
+    nxt = int(prep.pos.max()) + 1
+    seen, switch = prep.ids.clone(), Switch(s.beta, s.objective)
     for t in range(s.max_new_tokens):
-        token = choose(logits, s, seen, gen)
-        yield Step(token, float(entropy(logits)))
-        if token in stop_ids or t == s.max_new_tokens - 1:
+        H = float(entropy(logits))
+        alpha = switch(H)
+        step = Step(0, H, switch.ema, switch.peak, alpha)
+        if ctrl is not None and s.steps > 0 and t % s.update_every == 0:
+            t0 = time.perf_counter()
+            step.loss, step.entropy_before, step.updated = ctrl.update(model, cache, h_in, pos, alpha), H, True
+            if s.redecode:
+                with torch.no_grad():
+                    logits = ctrl.logits(model, cache, h_in, pos)
+                step.entropy = float(entropy(logits))
+            sync(dev)
+            step.opt_s = time.perf_counter() - t0
+            info.update(updates=info["updates"] + 1, dv_ratio=ctrl.ratio())
+        step.token = choose(logits, s, seen, gen)
+        yield step
+        if step.token in stop_ids or t == s.max_new_tokens - 1:
             return
-        seen = torch.cat([seen, seen.new_tensor([token])])
+        seen = torch.cat([seen, seen.new_tensor([step.token])])
+        pos = torch.full((3, 1), nxt + t, device=dev)
         with torch.no_grad():
-            logits, _ = model(model.embed(seen[-1:]), torch.full((3, 1), nxt + t, device=dev), cache)
+            logits, h_in = model(model.embed(seen[-1:]), pos, cache)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -116,10 +259,25 @@ def sync(dev):
         torch.cuda.synchronize(dev)
 
 
+def reset_peak_memory(dev):
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    else:  # Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM), so each run gets its own peak
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+
 def peak_memory_bytes(dev):
     if dev.type == "cuda":
         return torch.cuda.max_memory_allocated(dev)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # process peak RSS (Linux reports KiB)
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # process peak RSS (Linux reports KiB)
 
 
 def resolve_model(name):
@@ -156,42 +314,61 @@ def parse_args(argv):
     p.add_argument("--video", required=True, help="video file")
     p.add_argument("--q", required=True, help="question about the video")
     p.add_argument("--model", default="Qwen/Qwen2.5-VL-7B-Instruct", help="checkpoint directory or Hugging Face id")
-    p.add_argument("--mode", default="baseline", choices=["baseline"])
+    p.add_argument("--mode", default="baseline", choices=["baseline", "vreason", "lite"],
+                   help="lite = value-norm pruning of the video KV cache + the controller")
+    p.add_argument("--compare", action="store_true", help="also run the baseline on the same prepared input, side by side")
     p.add_argument("--system", default=None, help="system prompt (default: the Qwen2.5-VL default)")
     p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fps", type=float, default=2.0, help="frames sampled per second")
-    p.add_argument("--nframes", type=int, default=None, help="sample exactly this many frames (overrides --fps)")
-    p.add_argument("--max-frames", type=int, default=768)
-    p.add_argument("--min-pixels", type=int, default=None, help="per frame (default 128*28*28)")
-    p.add_argument("--max-pixels", type=int, default=None, help="per frame (default 768*28*28)")
-    p.add_argument("--total-pixels", type=int, default=None, help="all frames together (default 128000*28*28*0.9)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
-    p.add_argument("--json", default=None, metavar="PATH", help="write the run record as JSON ('-' = stdout)")
-    p.add_argument("--quiet", action="store_true", help="no streaming text and stats")
+    g = p.add_argument_group("V-Reason")
+    g.add_argument("--beta", type=float, default=0.9, help="EMA factor of the entropy")
+    g.add_argument("--update-every", type=int, default=2, help="k: update the controller on every k-th token")
+    g.add_argument("--steps", type=int, default=1, help="Adam steps per update")
+    g.add_argument("--lr", type=float, default=1e-2)
+    g.add_argument("--objective", default="switch", choices=["switch", "minimize", "maximize"])
+    g.add_argument("--kl", default="pu", choices=["pu", "up"], help="pu: KL(p||U) (default); up: KL(U||p)")
+    g.add_argument("--no-redecode", dest="redecode", action="store_false", help="keep the pre-update logits for the token")
+    g.add_argument("--controller", default="per-token", choices=["per-token", "shared"])
+    g.add_argument("--prune-ratio", type=float, default=None, help="fraction of video tokens dropped (default 0.5 in lite, else 0)")
+    g.add_argument("--prune-policy", default="per-layer", choices=["per-layer", "last-layer"])
+    g = p.add_argument_group("video")
+    g.add_argument("--fps", type=float, default=2.0, help="frames sampled per second")
+    g.add_argument("--nframes", type=int, default=None, help="sample exactly this many frames (overrides --fps)")
+    g.add_argument("--max-frames", type=int, default=768)
+    g.add_argument("--min-pixels", type=int, default=None, help="per frame (default 128*28*28)")
+    g.add_argument("--max-pixels", type=int, default=None, help="per frame (default 768*28*28)")
+    g.add_argument("--total-pixels", type=int, default=None, help="all frames together (default 128000*28*28*0.9)")
+    g = p.add_argument_group("runtime and output")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    g.add_argument("--json", default=None, metavar="PATH", help="write the run record as JSON ('-' = stdout)")
+    g.add_argument("--trace", default=None, metavar="PATH.jsonl", help="one JSON line per generated token")
+    g.add_argument("--plot", default=None, metavar="PATH.png", help="entropy and its EMA per token, alpha shaded")
+    g.add_argument("--quiet", action="store_true", help="no streaming text and stats")
     a = p.parse_args(argv)
     for name, ok in (("--max-new-tokens", a.max_new_tokens >= 1), ("--temperature", a.temperature >= 0),
                      ("--top-p", 0 < a.top_p <= 1), ("--fps", a.fps > 0), ("--repetition-penalty", a.repetition_penalty > 0),
-                     ("--nframes", a.nframes is None or a.nframes >= 2), ("--max-frames", a.max_frames >= 2)):
+                     ("--nframes", a.nframes is None or a.nframes >= 2), ("--max-frames", a.max_frames >= 2),
+                     ("--beta", 0 <= a.beta < 1), ("--update-every", a.update_every >= 1), ("--steps", a.steps >= 0),
+                     ("--lr", a.lr >= 0), ("--prune-ratio", a.prune_ratio is None or 0 <= a.prune_ratio < 1)):
         if not ok:
             raise UsageError(f"argument {name}: invalid value {getattr(a, name[2:].replace('-', '_'))}")
+    if a.compare and a.mode == "baseline":
+        raise UsageError("--compare runs the baseline next to --mode vreason or lite; pick one of those")
+    for path in (a.json, a.trace, a.plot):
+        if path and path != "-" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise UsageError(f"output directory does not exist: {os.path.dirname(os.path.abspath(path))}")
     return a
 
 
-def write_json_atomic(path, record):
-    """Write to a temp file beside the target, then rename: an interrupted run never leaves half a file."""
-    text = json.dumps(record, indent=1)
-    if path == "-":
-        print(text)
-        return
+def write_atomic(path, write):
+    """write(tmp) to a temp file beside the target, then rename: an interrupted run never leaves half a file."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -199,23 +376,103 @@ def write_json_atomic(path, record):
 
 
 class Streamer:
-    """Prints decoded text as tokens arrive; holds back an incomplete UTF-8 sequence until it completes."""
-    def __init__(self, tok, out):
-        self.tok, self.out, self.ids, self.done = tok, out, [], 0
+    """Turns tokens into text pieces as they arrive; holds back an incomplete UTF-8 sequence until it completes."""
+    def __init__(self, tok):
+        self.tok, self.ids, self.text = tok, [], ""
 
     def put(self, token):
         self.ids.append(token)
         text = self.tok.decode(self.ids, skip_special_tokens=True)
-        if self.out and not text.endswith("\ufffd"):
-            self.out.write(text[self.done:])
-            self.out.flush()
-            self.done = len(text)
-        return text
+        if text.endswith("\ufffd"):
+            return ""
+        piece, self.text = text[len(self.text):], text
+        return piece
+
+
+def extract_answer(text):
+    m = re.search(r"<answer>(.*?)</answer>", text, re.S)
+    return m.group(1).strip() if m else None
+
+
+@dataclass
+class Run:
+    mode: str
+    steps: list
+    pieces: list
+    text: str
+    info: dict
+    timings: dict
+    peak_memory_bytes: int
+
+
+def decode(model, tok, prep, s, stop_ids, write):
+    """One generate() run with streaming, timings and peak memory."""
+    dev = prep.ids.device
+    reset_peak_memory(dev)
+    streamer, steps, pieces, info = Streamer(tok), [], [], {}
+    t0 = time.perf_counter()
+    for step in generate(model, prep, s, stop_ids, info):
+        steps.append(step)
+        pieces.append(streamer.put(step.token))
+        write(pieces[-1])
+    sync(dev)
+    total = time.perf_counter() - t0
+    decode_s, opt_s = total - info["prefill_s"], sum(st.opt_s for st in steps)
+    timings = {"prefill_s": info["prefill_s"], "decode_s": decode_s, "decode_tokens_per_s": len(steps) / max(decode_s, 1e-9),
+               "optimization_s": opt_s, "optimization_share": opt_s / max(decode_s, 1e-9)}
+    return Run(s.mode, steps, pieces, streamer.tok.decode(streamer.ids, skip_special_tokens=True), info, timings,
+               peak_memory_bytes(dev))
+
+
+def run_record(r):
+    return {"text": r.text, "answer": extract_answer(r.text), "token_ids": [st.token for st in r.steps],
+            "entropies": [st.entropy for st in r.steps], "alphas": [st.alpha for st in r.steps],
+            "ema": [st.ema for st in r.steps],
+            "updates": [{"token_index": i, "loss": st.loss, "entropy_before": st.entropy_before, "entropy_after": st.entropy}
+                        for i, st in enumerate(r.steps) if st.updated],
+            "vreason": r.info, "timings": r.timings, "peak_memory_bytes": r.peak_memory_bytes}
+
+
+def stats_line(r):
+    i, t = r.info, r.timings
+    line = (f"-- {r.mode}: {len(r.steps)} tokens | prefill {t['prefill_s']:.2f}s decode {t['decode_s']:.2f}s "
+            f"({t['decode_tokens_per_s']:.1f} tok/s) | peak memory {r.peak_memory_bytes / 2**30:.2f} GiB")
+    if r.mode != "baseline":
+        line += (f" | updates {i['updates']} (optimization {100 * t['optimization_share']:.0f}% of decode time), "
+                 f"ΔV/V {i.get('dv_ratio', 0.0):.4f}")
+    if i["video_tokens_kept"] != i["video_tokens"]:
+        line += (f" | video tokens kept {i['video_tokens_kept']}/{i['video_tokens']}, KV cache "
+                 f"{i['kv_bytes_before'] / 2**20:.2f} -> {i['kv_bytes_after'] / 2**20:.2f} MiB")
+    return line
+
+
+def plot(path, runs):
+    """Entropy (thin) and its EMA (thick) per token, like the paper's Fig. 1-2; the last run's alpha is shaded
+    (red: +1, explore; blue: -1, exploit)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    for r, color in zip(runs, ("tab:gray", "tab:green")):
+        ax.plot([st.entropy for st in r.steps], lw=0.7, color=color, alpha=0.6, label=f"{r.mode} entropy")
+        ax.plot([st.ema for st in r.steps], lw=2, color=color, label=f"{r.mode} EMA")
+    alphas, start = [st.alpha for st in runs[-1].steps], 0
+    for i in range(1, len(alphas) + 1):
+        if i == len(alphas) or alphas[i] != alphas[start]:
+            ax.axvspan(start - 0.5, i - 0.5, color="tab:red" if alphas[start] > 0 else "tab:blue", alpha=0.08, lw=0)
+            start = i
+    ax.set(xlabel="generated token", ylabel="entropy (nats)", title=f"{runs[-1].mode}: alpha +1 red, -1 blue")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
 
 
 def run(a):
     out = None if a.quiet else sys.stderr if a.json == "-" else sys.stdout
-    say = (lambda *x: print(*x, file=out)) if out else (lambda *x: None)
+    say = (lambda *x: print(*x, file=out, flush=True)) if out else (lambda *x: None)
     dev, dtype = M.pick_device_dtype(a.device, a.dtype)
     t0 = time.perf_counter()
     video = V.load_video(a.video, fps=a.fps, nframes=a.nframes, max_frames=a.max_frames,
@@ -227,34 +484,52 @@ def run(a):
     model = M.load_model(model_dir, dev, dtype)
     t_load = time.perf_counter() - t0
     stop_ids = {tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")} - {None}
-    s = Settings(mode=a.mode, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
-                 repetition_penalty=a.repetition_penalty, seed=a.seed)
+    s = Settings(**{f.name: getattr(a, f.name) for f in fields(Settings)})
     prep = prepare(model, tok, video, a.q, a.system)
-    streamer, steps = Streamer(tok, out), []
-    t0 = time.perf_counter()
-    for i, step in enumerate(generate(model, prep, s, stop_ids)):
-        if i == 0:
-            sync(dev)
-            t_first = time.perf_counter() - t0  # prefill + choosing the first token
-        steps.append(step)
-        text = streamer.put(step.token)
-    sync(dev)
-    t_total = time.perf_counter() - t0
-    n = len(steps)
-    timings = {"video_s": t_video, "load_s": t_load, "vision_s": prep.vision_s, "prefill_s": t_first,
-               "decode_s": t_total - t_first, "decode_tokens_per_s": (n - 1) / max(t_total - t_first, 1e-9)}
     vm = video.meta
-    say(f"\n\n-- {n} tokens | prompt {len(prep.ids)} tokens, video {video.n_tokens} tokens "
-        f"({len(vm['frame_indices'])} frames {vm['resized_width']}x{vm['resized_height']}, grid {list(video.grid_thw)}) | "
-        f"vision {prep.vision_s:.2f}s prefill {t_first:.2f}s decode {timings['decode_s']:.2f}s "
-        f"({timings['decode_tokens_per_s']:.1f} tok/s) | peak memory {peak_memory_bytes(dev) / 2**30:.2f} GiB")
+    say(f"-- prompt {len(prep.ids)} tokens, video {video.n_tokens} tokens ({len(vm['frame_indices'])} frames "
+        f"{vm['resized_width']}x{vm['resized_height']}, grid {list(video.grid_thw)}) | video read {t_video:.2f}s, "
+        f"model load {t_load:.2f}s, vision {prep.vision_s:.2f}s")
+    plan = [replace(s, mode="baseline", prune_ratio=0.0), s] if a.compare else [s]
+    runs = []
+    for sm in plan:
+        say(f"\n== {sm.mode}" if a.compare else "")
+        r = decode(model, tok, prep, sm, stop_ids, (lambda x: out.write(x) or out.flush()) if out else (lambda x: None))
+        runs.append(r)
+        say("\n")
+        if extract_answer(r.text) is not None:
+            say(f"answer: {extract_answer(r.text)}")
+        say(stats_line(r))
+    if a.compare:
+        b, m = runs
+        say(f"-- {m.mode} vs baseline: tokens {len(m.steps)} vs {len(b.steps)}, decode time "
+            f"{m.timings['decode_s'] / max(b.timings['decode_s'], 1e-9):.2f}x, time per token "
+            f"{(m.timings['decode_s'] / len(m.steps)) / max(b.timings['decode_s'] / len(b.steps), 1e-9):.2f}x, "
+            f"peak memory {m.peak_memory_bytes / max(b.peak_memory_bytes, 1):.2f}x")
+    main_run = runs[-1]
+    if a.trace:
+        lines = [json.dumps({"i": i, "token": st.token, "text": piece, "entropy": st.entropy, "ema": st.ema, "peak": st.peak,
+                             "alpha": st.alpha, "updated": st.updated, "loss": st.loss}, ensure_ascii=False)
+                 for i, (st, piece) in enumerate(zip(main_run.steps, main_run.pieces))]
+        write_atomic(a.trace, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    if a.plot:
+        try:
+            plot(a.plot, runs)
+        except ImportError:
+            print("vreason: --plot needs matplotlib (pip install matplotlib); no plot written", file=sys.stderr)
     if a.json:
-        record = {"text": text, "token_ids": [st.token for st in steps], "entropies": [st.entropy for st in steps],
-                  "prompt_tokens": len(prep.ids), "video_tokens": video.n_tokens, "video": vm, "question": a.q,
-                  "model": a.model, "model_dir": model_dir, "dtype": str(dtype).replace("torch.", ""), "device": str(dev),
-                  "mode": a.mode, "settings": {**asdict(s), **{k: v for k, v in vars(a).items() if k not in ("json", "quiet")}},
-                  "timings": timings, "peak_memory_bytes": peak_memory_bytes(dev)}
-        write_json_atomic(a.json, record)
+        record = {**run_record(main_run), "mode": main_run.mode, "prompt_tokens": len(prep.ids),
+                  "video_tokens": video.n_tokens, "video": vm, "question": a.q, "model": a.model, "model_dir": model_dir,
+                  "dtype": str(dtype).replace("torch.", ""), "device": str(dev),
+                  "settings": {**{k: v for k, v in vars(a).items() if k not in ("json", "quiet")}, **asdict(s)},
+                  "shared_timings": {"video_s": t_video, "load_s": t_load, "vision_s": prep.vision_s}}
+        if a.compare:
+            record["baseline"] = run_record(runs[0])
+        text = json.dumps(record, indent=1, ensure_ascii=False)
+        if a.json == "-":
+            print(text)
+        else:
+            write_atomic(a.json, lambda tmp: Path(tmp).write_text(text))
     return 0
 
 

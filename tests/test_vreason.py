@@ -1,0 +1,320 @@
+"""The V-Reason method: controller, switching rule, online optimization, Lite pruning, and its CLI outputs."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ENDOFTEXT, IM_END, ROOT
+from test_cli import SMALL, clip, model_dir  # noqa: F401  (fixtures)
+from test_generate import prepared
+
+import model as M
+import vreason as R
+
+STOP = {IM_END, ENDOFTEXT}
+
+
+@pytest.fixture(scope="module")
+def tiny(ckpt):
+    return M.load_model(ckpt)
+
+
+def tokens(model, prep, **kw):
+    return [(st.token, st.entropy) for st in R.generate(model, prep, R.Settings(max_new_tokens=24, **kw), STOP)]
+
+
+def prefilled(model, prep, decode=2):
+    """Cache after prefill and `decode` greedy steps. Returns the cache, the current row's input to the last layer,
+    its position and its token."""
+    cache = M.KVCache.empty(model.c, len(prep.ids) + decode + 1, "cpu", model.lm_head.weight.dtype)
+    with torch.no_grad():
+        logits, h_in = model(model.embed(prep.ids, prep.video_embeds), prep.pos, cache)
+        pos, token = prep.pos[:, -1:], prep.ids[-1:]
+        for t in range(decode):
+            pos, token = torch.full((3, 1), int(prep.pos.max()) + 1 + t), logits.argmax()[None]
+            logits, h_in = model(model.embed(token), pos, cache)
+    return cache, h_in, pos, token
+
+
+# ----------------------------------------------------------------------------- reductions to the baseline
+
+def test_lr0_and_steps0_reproduce_baseline(tiny):
+    prep = prepared(tiny, (2, 12, 20), 1.0)[0]
+    base = tokens(tiny, prep)
+    assert [t for t, _ in tokens(tiny, prep, mode="vreason", lr=0.0)] == [t for t, _ in base]
+    assert tokens(tiny, prep, mode="vreason", steps=0) == base
+    assert tokens(tiny, prep, mode="lite", prune_ratio=0.0, steps=0) == base
+    assert [t for t, _ in tokens(tiny, prep, mode="lite", prune_ratio=0.0, lr=0.0)] == [t for t, _ in base]
+
+
+def test_lite_ratio0_is_vreason(tiny):
+    prep = prepared(tiny, (2, 12, 20), 1.0)[0]
+    assert tokens(tiny, prep, mode="lite", prune_ratio=0.0) == tokens(tiny, prep, mode="vreason")
+
+
+def test_vreason_changes_the_run(tiny):
+    """A real update must move something: with a large lr the entropies (and here the tokens) differ from baseline."""
+    prep = prepared(tiny, (2, 12, 20), 1.0)[0]
+    base, vr = tokens(tiny, prep), tokens(tiny, prep, mode="vreason", lr=0.5, objective="minimize", update_every=1)
+    assert max(abs(a[1] - b[1]) for a, b in zip(base, vr)) > 1e-3
+
+
+# ----------------------------------------------------------------------------- the gradient shortcut
+
+def full_recompute_logits(model, cache, h_in_token, pos, ctrl):
+    """All layers recomputed at the current position; layer L's video value rows = ctrl.rows()."""
+    h = model.embed(h_in_token)
+    cos, sin = model.rope(pos, h.dtype)
+    n = cache.length
+    for i, layer in enumerate(model.llm.layers):
+        q, _, _ = layer.project(h, cos[None], sin[None])
+        V = cache.v[i][:, :n]
+        if i == model.c.n_layers - 1:
+            V = torch.cat([V[:, : ctrl.lo], ctrl.rows().to(V.dtype), V[:, ctrl.hi :]], 1)
+        h = layer.finish(h, q, cache.k[i][:, :n], V)
+    return model.logits(h)[0]
+
+
+@pytest.mark.parametrize("kl", ["pu", "up"])
+def test_shortcut_gradient_equals_full_model_and_finite_differences(ckpt, kl):
+    model = M.load_model(ckpt, dtype=torch.float64)
+    prep = prepared(model, (2, 8, 12), 1.0)[0]
+    prep.video_embeds = prep.video_embeds.double()
+    cache, h_in, pos, token = prefilled(model, prep, decode=2)
+    lo, hi = R.video_span(prep.ids, model.c.video_token_id)
+    s = R.Settings(mode="vreason", kl=kl)
+    ctrl = R.Controller(cache, lo, hi, s)
+    with torch.no_grad():
+        ctrl.dv.copy_(0.3 * torch.randn_like(ctrl.dv, generator=torch.Generator().manual_seed(0)))
+    loss_fn = lambda logits: -1.0 * R.kl_to_uniform(logits, kl)  # alpha = -1
+    loss_fn(ctrl.logits(model, cache, h_in, pos)).backward()
+    g_short = ctrl.dv.grad.clone()
+    ctrl.dv.grad = None
+    loss_fn(full_recompute_logits(model, cache, token, pos, ctrl)).backward()
+    g_full = ctrl.dv.grad.clone()
+    assert g_short.abs().max() > 0
+    assert torch.allclose(g_short, g_full, rtol=1e-9, atol=1e-12 * float(g_full.abs().max()))
+    # float64 central differences on a few coordinates, including the largest (eps 1e-5: below it the fp64
+    # rounding of a 152k-way log-softmax shows)
+    eps = 1e-5
+    flat = g_short.flatten()
+    for i in [int(flat.abs().argmax()), 0, flat.numel() // 2, flat.numel() - 1]:
+        with torch.no_grad():
+            d = ctrl.dv.view(-1)
+            d[i] += eps
+            up = float(loss_fn(ctrl.logits(model, cache, h_in, pos)))
+            d[i] -= 2 * eps
+            down = float(loss_fn(ctrl.logits(model, cache, h_in, pos)))
+            d[i] += eps
+        fd = (up - down) / (2 * eps)
+        assert abs(fd - float(flat[i])) <= 1e-5 * float(flat.abs().max()), (i, fd, float(flat[i]))
+
+
+def test_no_graph_or_weight_grad_survives(tiny):
+    prep = prepared(tiny, (2, 8, 8), 1.0)[0]
+    list(R.generate(tiny, prep, R.Settings(mode="vreason", max_new_tokens=6), STOP))
+    assert all(p.grad is None and not p.requires_grad for p in tiny.parameters())
+
+
+# ----------------------------------------------------------------------------- the controller update
+
+@pytest.mark.parametrize("controller", ["per-token", "shared"])
+def test_updated_rows_keep_their_norm(tiny, controller):
+    prep = prepared(tiny, (2, 12, 20), 1.0)[0]
+    cache, h_in, pos, _ = prefilled(tiny, prep)
+    lo, hi = R.video_span(prep.ids, tiny.c.video_token_id)
+    v0 = cache.v[-1][:, lo:hi].clone()
+    ctrl = R.Controller(cache, lo, hi, R.Settings(mode="vreason", lr=0.2, steps=3, controller=controller))
+    ctrl.update(tiny, cache, h_in, pos, alpha=-1.0)
+    v1 = cache.v[-1][:, lo:hi]
+    assert (v1 - v0).abs().max() > 1e-3  # the rows did turn
+    assert torch.allclose(v1.norm(dim=-1), v0.norm(dim=-1), rtol=1e-5, atol=0)
+    assert ctrl.dv.shape == ((v0.shape[0], 1, v0.shape[2]) if controller == "shared" else v0.shape)
+    # only the last layer's video value rows changed
+    assert torch.equal(cache.v[-1][:, :lo], prefilled(tiny, prep)[0].v[-1][:, :lo])
+
+
+@pytest.mark.parametrize("objective,alpha,sign", [("minimize", -1.0, -1), ("maximize", 1.0, 1)])
+def test_one_step_moves_entropy_the_right_way(tiny, objective, alpha, sign):
+    prep = prepared(tiny, (2, 12, 20), 1.0)[0]
+    cache, h_in, pos, _ = prefilled(tiny, prep)
+    lo, hi = R.video_span(prep.ids, tiny.c.video_token_id)
+    ctrl = R.Controller(cache, lo, hi, R.Settings(mode="vreason", objective=objective, lr=0.05))
+    with torch.no_grad():
+        before = float(R.entropy(ctrl.logits(tiny, cache, h_in, pos)))
+    ctrl.update(tiny, cache, h_in, pos, alpha)
+    with torch.no_grad():
+        after = float(R.entropy(ctrl.logits(tiny, cache, h_in, pos)))
+    assert sign * (after - before) > 1e-6, (before, after)
+
+
+def test_switching_rule_on_constructed_entropies():
+    beta = 0.5
+    sw = R.Switch(beta, "switch")
+    rising, falling, bump = [1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 1.0], [3.9, 3.0, 0.5, 0.2]
+    alphas = [sw(h) for h in rising]
+    assert alphas == [1.0] * 4 and sw.ema == sw.peak  # EMA climbing: at its running max, explore
+    ema_peak = sw.peak
+    alphas = [sw(h) for h in falling]
+    assert alphas == [-1.0] * 3 and sw.ema < sw.peak == ema_peak  # below the peak: exploit
+    alphas = [sw(h) for h in bump]  # a bump that does not beat the global peak keeps alpha at -1
+    assert alphas == [-1.0] * 4
+    # an EMA that recovers to a new running max flips back to +1 (micro-exploration), then -1 when it dips
+    sw2 = R.Switch(beta, "switch")
+    assert [sw2(h) for h in [1.0, 2.0, 1.0, 5.0, 6.0, 1.0]] == [1.0, 1.0, -1.0, 1.0, 1.0, -1.0]
+    assert [R.Switch(beta, "minimize")(h) for h in [1.0, 2.0]] == [-1.0, -1.0]
+    assert R.Switch(beta, "maximize")(0.3) == 1.0
+
+
+def test_generate_records_alpha_ema_and_updates(tiny):
+    prep = prepared(tiny, (2, 12, 20), 1.0)[0]
+    steps = list(R.generate(tiny, prep, R.Settings(mode="vreason", max_new_tokens=9, update_every=3), STOP))
+    assert [st.updated for st in steps] == [t % 3 == 0 for t in range(9)]
+    sw = R.Switch(0.9, "switch")
+    for st in steps:  # the EMA runs on the pre-update entropy; alpha is recorded for every token
+        alpha = sw(st.entropy_before if st.updated else st.entropy)
+        assert (st.alpha, st.ema, st.peak) == (alpha, sw.ema, sw.peak)
+        assert st.updated == (st.loss is not None)
+
+
+# ----------------------------------------------------------------------------- Lite
+
+@pytest.mark.parametrize("policy", ["per-layer", "last-layer"])
+def test_prune_keeps_largest_value_norms(tiny, policy):
+    prep = prepared(tiny, (2, 12, 20), 1.0)[0]
+    cache = prefilled(tiny, prep, decode=1)[0]
+    before = M.KVCache([k.clone() for k in cache.k], [v.clone() for v in cache.v], cache.length)
+    lo, hi = R.video_span(prep.ids, tiny.c.video_token_id)
+    n = hi - lo
+    new_hi = R.prune(cache, lo, hi, 0.5, policy)
+    assert new_hi - lo == n - n // 2 and cache.length == before.length - n // 2
+    for i in range(tiny.c.n_layers):
+        src = before.v[-1 if policy == "last-layer" else i]
+        score = src[:, lo:hi].norm(dim=-1).mean(0)
+        kept = score.argsort(descending=True)[: n - n // 2].sort().values + lo
+        assert score[kept - lo].min() >= score[torch.tensor(sorted(set(range(lo, hi)) - set(kept.tolist()))) - lo].max()
+        for new, old in ((cache.k[i], before.k[i]), (cache.v[i], before.v[i])):
+            assert torch.equal(new[:, lo:new_hi], old[:, kept])
+            assert torch.equal(new[:, :lo], old[:, :lo])  # text before the video untouched
+            assert torch.equal(new[:, new_hi : cache.length], old[:, hi : before.length])  # text after, shifted
+
+
+def test_pruned_decoding_equals_masked_full_forward(tiny):
+    """Decoding on the pruned cache == a full forward in which the generated tokens cannot see that layer's pruned
+    video keys (the prompt was prefilled on the whole video, exactly as Lite does it)."""
+    prep = prepared(tiny, (2, 12, 20), 1.0)[0]
+    steps = 5
+    cache = M.KVCache.empty(tiny.c, len(prep.ids) + steps, "cpu", torch.float32)
+    lo, hi = R.video_span(prep.ids, tiny.c.video_token_id)
+    with torch.no_grad():
+        logits, _ = tiny(tiny.embed(prep.ids, prep.video_embeds), prep.pos, cache)
+        full = M.KVCache([k.clone() for k in cache.k], [v.clone() for v in cache.v], cache.length)
+        R.prune(cache, lo, hi, 0.5, "per-layer")
+        kept = [set(torch.nonzero((full.v[i][:, lo:hi, None] == cache.v[i][:, None, lo : lo + (hi - lo) - (hi - lo) // 2]).all(-1).all(0).any(-1)).flatten().tolist()) for i in range(tiny.c.n_layers)]
+        toks, stepped, nxt = [], [logits], int(prep.pos.max()) + 1
+        for t in range(steps):
+            toks.append(int(stepped[-1].argmax()))
+            logits, _ = tiny(tiny.embed(torch.tensor(toks[-1:])), torch.full((3, 1), nxt + t), cache)
+            stepped.append(logits)
+        # the masked full forward
+        ids = torch.cat([prep.ids, torch.tensor(toks)])
+        pos = torch.cat([prep.pos, torch.arange(steps).expand(3, -1) + nxt], 1)
+        S, P = len(ids), len(prep.ids)
+        h = tiny.embed(ids, prep.video_embeds)
+        cos, sin = tiny.rope(pos, h.dtype)
+        for i, layer in enumerate(tiny.llm.layers):
+            mask = torch.ones(S, S).tril().bool()
+            dropped = [lo + j for j in range(hi - lo) if j not in kept[i]]
+            mask[P:, dropped] = False
+            q, k, v = layer.project(h, cos[None], sin[None])
+            h = layer.finish(h, q, k, v, mask)
+        ref = tiny.logits(h)
+    assert all(len(kept[i]) == (hi - lo) - (hi - lo) // 2 for i in range(tiny.c.n_layers))
+    assert kept[0] != kept[-1]  # per-layer keep sets really differ, so the test is not trivial
+    for t in range(steps + 1):
+        assert torch.allclose(stepped[t], ref[P - 1 + t], rtol=0, atol=1e-5 * float(ref.abs().max())), t
+    # generate() itself (pruning alone: baseline + --prune-ratio) follows the same path, positions included
+    info = {}
+    run = list(R.generate(tiny, prep, R.Settings(prune_ratio=0.5, max_new_tokens=steps + 1), set(), info))
+    assert [st.token for st in run] == ref[P - 1 :].argmax(-1).tolist() == toks + [int(stepped[-1].argmax())]
+    assert all(abs(st.entropy - float(R.entropy(ref[P - 1 + t]))) < 1e-4 for t, st in enumerate(run))
+    assert info["video_tokens_kept"] == hi - lo - (hi - lo) // 2 and info["kv_bytes_after"] < info["kv_bytes_before"]
+
+
+# ----------------------------------------------------------------------------- no state leaks between samples
+
+SCRIPT = """
+import sys, json, torch
+sys.path[:0] = [{root!r}, {tests!r}]
+import model as M, vreason as R
+from test_generate import prepared
+m = M.load_model({ckpt!r})
+out = []
+for seed in {seeds}:
+    prep = prepared(m, (2, 12, 20), 1.0, seed=seed)[0]
+    out.append([(st.token, st.entropy, st.alpha) for st in R.generate(m, prep, R.Settings(mode="lite", max_new_tokens=12, update_every=1, lr=0.05), set())])
+print(json.dumps(out))
+"""
+
+
+def test_two_samples_in_one_process_equal_fresh_processes(ckpt):
+    def run(seeds):
+        code = SCRIPT.format(root=ROOT, tests=os.path.join(ROOT, "tests"), ckpt=ckpt, seeds=seeds)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    both = run([1, 2])
+    assert both == run([1]) + run([2])
+    assert both[0] != both[1]
+
+
+# ----------------------------------------------------------------------------- CLI outputs
+
+def test_cli_outputs(model_dir, clip, tmp_path, capsys):  # noqa: F811
+    j, tr, pl = tmp_path / "r.json", tmp_path / "t.jsonl", tmp_path / "p.png"
+    argv = ["--video", clip, "--q", "What happens?", "--model", model_dir, "--mode", "lite", "--compare",
+            "--json", str(j), "--trace", str(tr), "--plot", str(pl), *SMALL[:-2], "--max-new-tokens", "10"]
+    assert R.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "== baseline" in out and "== lite" in out and "vs baseline" in out and "video tokens kept" in out
+    rec = json.loads(j.read_text())
+    n = len(rec["token_ids"])
+    assert len(rec["alphas"]) == len(rec["ema"]) == len(rec["entropies"]) == n
+    assert [u["token_index"] for u in rec["updates"]] == list(range(0, n, 2))
+    assert rec["settings"]["prune_ratio"] == 0.5 and rec["settings"]["beta"] == 0.9 and rec["settings"]["kl"] == "pu"
+    assert rec["vreason"]["video_tokens_kept"] < rec["vreason"]["video_tokens"]
+    assert rec["baseline"]["vreason"]["video_tokens_kept"] == rec["baseline"]["vreason"]["video_tokens"]
+    lines = [json.loads(x) for x in tr.read_text().splitlines()]
+    assert [x["token"] for x in lines] == rec["token_ids"]
+    assert {"token", "text", "entropy", "ema", "peak", "alpha", "updated", "loss"} <= set(lines[0])
+    assert pl.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png", "r.json", "t.jsonl"]  # no temp files left
+
+
+def test_plot_without_matplotlib(model_dir, clip, tmp_path, capsys, monkeypatch):  # noqa: F811
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    argv = ["--video", clip, "--q", "x", "--model", model_dir, "--mode", "vreason", "--plot", str(tmp_path / "p.png"),
+            "--json", str(tmp_path / "r.json"), *SMALL]
+    assert R.main(argv) == 0
+    assert "needs matplotlib" in capsys.readouterr().err
+    assert not (tmp_path / "p.png").exists() and (tmp_path / "r.json").exists()
+
+
+def test_ctrl_c_leaves_no_file(model_dir, clip, tmp_path):  # noqa: F811
+    outs = [tmp_path / "r.json", tmp_path / "t.jsonl", tmp_path / "p.png"]
+    p = subprocess.Popen([sys.executable, "-u", os.path.join(ROOT, "vreason.py"), "--video", clip, "--q", "x", "--model", model_dir,
+                          "--mode", "vreason", "--max-new-tokens", "100000", "--min-pixels", "3136", "--max-pixels", "12544",
+                          "--json", str(outs[0]), "--trace", str(outs[1]), "--plot", str(outs[2])],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.readline()  # the stats header: generation starts now
+    time.sleep(1.5)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert b"interrupted" in err and b"Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
