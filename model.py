@@ -285,10 +285,11 @@ class KVCache:
     length: int = 0
 
     @classmethod
-    def empty(cls, c, max_len, device, dtype):
+    def empty(cls, c, max_len, device, dtype):  # device: one, or one per layer (a model split across GPUs)
+        devs = device if isinstance(device, (list, tuple)) else [device] * c.n_layers
         shape = (c.n_kv_heads, max_len, c.head_dim)
-        return cls([torch.empty(shape, device=device, dtype=dtype) for _ in range(c.n_layers)],
-                   [torch.empty(shape, device=device, dtype=dtype) for _ in range(c.n_layers)])
+        return cls([torch.empty(shape, device=d, dtype=dtype) for d in devs],
+                   [torch.empty(shape, device=d, dtype=dtype) for d in devs])
 
     def nbytes(self):  # bytes of the valid rows
         return sum(2 * t[:, : self.length].numel() * t.element_size() for t in self.k)
@@ -363,7 +364,10 @@ class Qwen25VL(nn.Module):
         return h
 
     def logits(self, h):  # final norm + LM head, only on the rows passed in; bf16/fp16 logits are upcast to fp32
-        return upcast(self.lm_head(self.llm.norm(h)))
+        return upcast(self.lm_head(self.llm.norm(h.to(self.llm.norm.weight.device))))
+
+    def layer_devices(self):  # where each decoder layer (and its KV cache) lives; one device unless split
+        return [layer.input_layernorm.weight.device for layer in self.llm.layers]
 
     def forward(self, h, pos, cache):
         """Run all layers on S new rows h [S, D] at positions pos [3, S], appending their K/V to the cache.
@@ -373,6 +377,8 @@ class Qwen25VL(nn.Module):
         assert S == 1 or start == 0, "multi-token forwards run on an empty cache only"
         cos, sin = self.rope(pos, h.dtype)
         for i, layer in enumerate(self.llm.layers):
+            if cache.k[i].device != h.device:  # model split across devices: hop to this layer's device
+                h, cos, sin = h.to(cache.k[i].device), cos.to(cache.k[i].device), sin.to(cache.k[i].device)
             if i == self.c.n_layers - 1:
                 h_last_in = h[-1:]
             q, k, v = layer.project(h, cos[None], sin[None])
@@ -389,7 +395,7 @@ class Qwen25VL(nn.Module):
         """Recompute the last layer for one position from its input h_in [1, D] over the given K/V [Hkv, T, d]
         (the V-Reason controller passes values with edited video rows), then norm + head -> logits [vocab]."""
         layer = self.llm.layers[-1]
-        cos, sin = self.rope(pos, h_in.dtype)
+        cos, sin = self.rope(pos.to(h_in.device), h_in.dtype)
         q, _, _ = layer.project(h_in, cos[None], sin[None])
         return self.logits(layer.finish(h_in, q, K, V))[0]
 
@@ -431,9 +437,23 @@ def weight_files(model_dir):
     return [os.path.join(model_dir, s) for s in shards]
 
 
-def load_model(model_dir, device="cpu", dtype=torch.float32):
+def placement(name, c, device, device_map):
+    """Device of one parameter. device_map "auto" splits the decoder layers evenly over the visible GPUs (vision and
+    embedding on the first, final norm and head on the last); a list of devices does the same over that list."""
+    if device_map is None:
+        return device
+    devs = [torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())] if device_map == "auto" else list(device_map)
+    if not devs:
+        raise ModelError("--device-map auto needs at least one CUDA device")
+    if name.startswith("llm.layers."):
+        return devs[int(name.split(".")[2]) * len(devs) // c.n_layers]
+    return devs[-1] if name.startswith(("llm.norm.", "lm_head.")) else devs[0]
+
+
+def load_model(model_dir, device="cpu", dtype=torch.float32, device_map=None):
     """Build the model on the meta device, then fill every parameter straight from the safetensors shards, one
-    tensor at a time, converted to (device, dtype): peak memory stays close to the weights themselves."""
+    tensor at a time, converted to (device, dtype): peak memory stays close to the weights themselves.
+    device_map: None (all on `device`), "auto" (layers split over the visible GPUs) or a list of devices."""
     from safetensors import safe_open
 
     if not os.path.isdir(model_dir):
@@ -460,7 +480,7 @@ def load_model(model_dir, device="cpu", dtype=torch.float32):
                     t = f.get_tensor(key)
                     if t.shape != expected[name]:
                         raise ModelError(f"{path}: {key} has shape {list(t.shape)}, expected {list(expected[name])}")
-                    state[name] = t.to(device=device, dtype=dtype)
+                    state[name] = t.to(device=placement(name, c, device, device_map), dtype=dtype)
         except ModelError:
             raise
         except Exception as e:  # truncated / corrupt shard

@@ -93,6 +93,7 @@ def choose(logits, s, seen, gen):
     """Greedy argmax, or temperature / top-p sampling. `seen` holds every id so far (for the repetition penalty)."""
     if s.repetition_penalty != 1.0:
         logits = logits.clone()
+        seen = seen.to(logits.device)
         prev = logits[seen]
         logits[seen] = torch.where(prev > 0, prev / s.repetition_penalty, prev * s.repetition_penalty)
     if s.temperature == 0:
@@ -206,7 +207,7 @@ def generate(model, prep, s, stop_ids, info=None):
     dev = prep.ids.device
     gen = torch.Generator().manual_seed(s.seed)
     t0 = time.perf_counter()
-    cache = M.KVCache.empty(model.c, len(prep.ids) + s.max_new_tokens, dev, model.lm_head.weight.dtype)
+    cache = M.KVCache.empty(model.c, len(prep.ids) + s.max_new_tokens, model.layer_devices(), model.lm_head.weight.dtype)
     with torch.no_grad():
         logits, h_in = model(model.embed(prep.ids, prep.video_embeds), prep.pos, cache)
     lo, hi = video_span(prep.ids, model.c.video_token_id)
@@ -254,14 +255,16 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def sync(dev):
+def sync(dev):  # before reading a timer: every GPU, since a model may be split across several
     if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+        for i in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(i)
 
 
 def reset_peak_memory(dev):
     if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
+        for i in range(torch.cuda.device_count()):
+            torch.cuda.reset_peak_memory_stats(i)
     else:  # Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM), so each run gets its own peak
         try:
             with open("/proc/self/clear_refs", "w") as f:
@@ -271,8 +274,8 @@ def reset_peak_memory(dev):
 
 
 def peak_memory_bytes(dev):
-    if dev.type == "cuda":
-        return torch.cuda.max_memory_allocated(dev)
+    if dev.type == "cuda":  # summed over the GPUs a split model uses
+        return sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count()))
     try:
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
@@ -344,6 +347,8 @@ def parse_args(argv):
     g = p.add_argument_group("runtime and output")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    g.add_argument("--device-map", default="none", choices=["none", "auto"],
+                   help="auto: split the decoder layers over all visible GPUs (32B / 72B)")
     g.add_argument("--json", default=None, metavar="PATH", help="write the run record as JSON ('-' = stdout)")
     g.add_argument("--trace", default=None, metavar="PATH.jsonl", help="one JSON line per generated token")
     g.add_argument("--plot", default=None, metavar="PATH.png", help="entropy and its EMA per token, alpha shaded")
@@ -456,8 +461,9 @@ def plot(path, runs):
 
     fig, ax = plt.subplots(figsize=(10, 3.8))
     for r, color in zip(runs, ("tab:gray", "tab:green")):
-        ax.plot([st.entropy for st in r.steps], lw=0.7, color=color, alpha=0.6, label=f"{r.mode} entropy")
-        ax.plot([st.ema for st in r.steps], lw=2, color=color, label=f"{r.mode} EMA")
+        ls = "--" if r.mode == "baseline" and len(runs) > 1 else "-"  # visible where the runs coincide
+        ax.plot([st.entropy for st in r.steps], lw=0.7, ls=ls, color=color, alpha=0.6, label=f"{r.mode} entropy")
+        ax.plot([st.ema for st in r.steps], lw=2, ls=ls, color=color, label=f"{r.mode} EMA")
     alphas, start = [st.alpha for st in runs[-1].steps], 0
     for i in range(1, len(alphas) + 1):
         if i == len(alphas) or alphas[i] != alphas[start]:
@@ -481,7 +487,7 @@ def run(a):
     model_dir = resolve_model(a.model)
     tok = V.load_tokenizer(model_dir)
     t0 = time.perf_counter()
-    model = M.load_model(model_dir, dev, dtype)
+    model = M.load_model(model_dir, dev, dtype, None if a.device_map == "none" else a.device_map)
     t_load = time.perf_counter() - t0
     stop_ids = {tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")} - {None}
     s = Settings(**{f.name: getattr(a, f.name) for f in fields(Settings)})

@@ -196,3 +196,26 @@ def _truncate_shard(d):
     p = os.path.join(d, sorted(f for f in os.listdir(d) if f.startswith("model-"))[-1])
     data = open(p, "rb").read()
     open(p, "wb").write(data[: len(data) // 2])
+
+
+def test_device_map_placement(ckpt):
+    c = M.Config.from_json(os.path.join(ckpt, "config.json"))
+    devs = ["cuda:0", "cuda:1"]
+    where = lambda name: M.placement(name, c, "cpu", devs)
+    assert [where(f"llm.layers.{i}.mlp.up_proj.weight") for i in range(c.n_layers)] == devs  # 2 layers over 2 GPUs
+    assert where("visual.blocks.0.attn.qkv.weight") == where("llm.embed_tokens.weight") == "cuda:0"
+    assert where("lm_head.weight") == where("llm.norm.weight") == "cuda:1"
+    assert M.placement("llm.layers.0.mlp.up_proj.weight", c, "cpu", None) == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(M.ModelError, match="CUDA"):
+            M.load_model(ckpt, device_map="auto")
+
+
+def test_split_model_runs(pair, ckpt):
+    """A layer-split model (here over two CPU 'devices') gives the same logits through the per-layer cache path."""
+    ours, _ = pair
+    split = M.load_model(ckpt, device_map=["cpu", "cpu"])
+    ids, grid = prompt(60), (2, 12, 10)
+    px = pixels(grid)
+    for x, y in zip(run_ours(split, ids, grid, 1.0, px, 2), run_ours(ours, ids, grid, 1.0, px, 2)):
+        assert torch.equal(x, y)
