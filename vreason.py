@@ -451,6 +451,22 @@ def stats_line(r):
     return line
 
 
+def compare_table(runs):
+    """Baseline and the method side by side, with the method's figures relative to the baseline."""
+    b, m = runs
+    per_tok = [r.timings["decode_s"] / max(len(r.steps), 1) for r in runs]
+    rows = [("tokens", len(b.steps), len(m.steps), len(m.steps) / max(len(b.steps), 1)),
+            ("answer", extract_answer(b.text), extract_answer(m.text), None),
+            ("decode s", f"{b.timings['decode_s']:.2f}", f"{m.timings['decode_s']:.2f}", m.timings["decode_s"] / max(b.timings["decode_s"], 1e-9)),
+            ("ms / token", f"{1e3 * per_tok[0]:.1f}", f"{1e3 * per_tok[1]:.1f}", per_tok[1] / max(per_tok[0], 1e-12)),
+            ("peak memory GiB", f"{b.peak_memory_bytes / 2**30:.3f}", f"{m.peak_memory_bytes / 2**30:.3f}", m.peak_memory_bytes / max(b.peak_memory_bytes, 1)),
+            ("KV cache MiB", f"{b.info['kv_bytes_after'] / 2**20:.2f}", f"{m.info['kv_bytes_after'] / 2**20:.2f}", m.info["kv_bytes_after"] / max(b.info["kv_bytes_after"], 1))]
+    lines = [f"\n{'':<16} {'baseline':>12} {m.mode:>12}   {m.mode}/baseline"]
+    for name, x, y, ratio in rows:
+        lines.append(f"{name:<16} {str(x):>12} {str(y):>12}   {'' if ratio is None else f'{ratio:.2f}x'}")
+    return "\n".join(lines)
+
+
 def plot(path, runs):
     """Entropy (thin) and its EMA (thick) per token, like the paper's Fig. 1-2; the last run's alpha is shaded
     (red: +1, explore; blue: -1, exploit)."""
@@ -507,11 +523,7 @@ def run(a):
             say(f"answer: {extract_answer(r.text)}")
         say(stats_line(r))
     if a.compare:
-        b, m = runs
-        say(f"-- {m.mode} vs baseline: tokens {len(m.steps)} vs {len(b.steps)}, decode time "
-            f"{m.timings['decode_s'] / max(b.timings['decode_s'], 1e-9):.2f}x, time per token "
-            f"{(m.timings['decode_s'] / len(m.steps)) / max(b.timings['decode_s'] / len(b.steps), 1e-9):.2f}x, "
-            f"peak memory {m.peak_memory_bytes / max(b.peak_memory_bytes, 1):.2f}x")
+        say(compare_table(runs))
     main_run = runs[-1]
     if a.trace:
         lines = [json.dumps({"i": i, "token": st.token, "text": piece, "entropy": st.entropy, "ema": st.ema, "peak": st.peak,
@@ -528,7 +540,7 @@ def run(a):
                   "video_tokens": video.n_tokens, "video": vm, "question": a.q, "model": a.model, "model_dir": model_dir,
                   "dtype": str(dtype).replace("torch.", ""), "device": str(dev),
                   "settings": {**{k: v for k, v in vars(a).items() if k not in ("json", "quiet")}, **asdict(s)},
-                  "shared_timings": {"video_s": t_video, "load_s": t_load, "vision_s": prep.vision_s}}
+                  "timings": {"video_s": t_video, "load_s": t_load, "vision_s": prep.vision_s, **main_run.timings}}
         if a.compare:
             record["baseline"] = run_record(runs[0])
         text = json.dumps(record, indent=1, ensure_ascii=False)

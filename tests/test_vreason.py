@@ -281,7 +281,7 @@ def test_cli_outputs(model_dir, clip, tmp_path, capsys):  # noqa: F811
             "--json", str(j), "--trace", str(tr), "--plot", str(pl), *SMALL[:-2], "--max-new-tokens", "10"]
     assert R.main(argv) == 0
     out = capsys.readouterr().out
-    assert "== baseline" in out and "== lite" in out and "vs baseline" in out and "video tokens kept" in out
+    assert "== baseline" in out and "== lite" in out and "lite/baseline" in out and "video tokens kept" in out
     rec = json.loads(j.read_text())
     n = len(rec["token_ids"])
     assert len(rec["alphas"]) == len(rec["ema"]) == len(rec["entropies"]) == n
