@@ -369,6 +369,9 @@ class Qwen25VL(nn.Module):
     def layer_devices(self):  # where each decoder layer (and its KV cache) lives; one device unless split
         return [layer.input_layernorm.weight.device for layer in self.llm.layers]
 
+    def devices(self):  # every device the model uses
+        return sorted({self.visual.merger.ln_q.weight.device, self.lm_head.weight.device, *self.layer_devices()}, key=str)
+
     def forward(self, h, pos, cache):
         """Run all layers on S new rows h [S, D] at positions pos [3, S], appending their K/V to the cache.
         Prefill (S > 1) needs an empty cache. Returns the logits of the last row [vocab] (fp32) and that row's input

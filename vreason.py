@@ -79,7 +79,7 @@ def prepare(model, tok, video, question, system=None):
     t0 = time.perf_counter()
     with torch.no_grad():
         emb = model.visual(video.pixel_values.to(dev), [video.grid_thw])
-    sync(dev)
+    sync(model)
     pos = M.rope_index(ids, [video.grid_thw], [video.second_per_grid], model.c).to(dev)
     return Prepared(torch.tensor(ids, device=dev), pos, emb, video, time.perf_counter() - t0)
 
@@ -214,7 +214,7 @@ def generate(model, prep, s, stop_ids, info=None):
     info.update(kv_bytes_before=cache.nbytes(), video_tokens=hi - lo)
     if s.prune_ratio > 0:
         hi = prune(cache, lo, hi, s.prune_ratio, s.prune_policy)
-    sync(dev)
+    sync(model)
     info.update(prefill_s=time.perf_counter() - t0, kv_bytes_after=cache.nbytes(), video_tokens_kept=hi - lo, updates=0)
     ctrl = Controller(cache, lo, hi, s) if s.mode in ("vreason", "lite") else None
     pos = prep.pos[:, -1:]  # position of the row whose logits we hold; carried explicitly, never the cache length
@@ -231,7 +231,7 @@ def generate(model, prep, s, stop_ids, info=None):
                 with torch.no_grad():
                     logits = ctrl.logits(model, cache, h_in, pos)
                 step.entropy = float(entropy(logits))
-            sync(dev)
+            sync(model)
             step.opt_s = time.perf_counter() - t0
             info.update(updates=info["updates"] + 1, dv_ratio=ctrl.ratio())
         step.token = choose(logits, s, seen, gen)
@@ -255,16 +255,16 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def sync(dev):  # before reading a timer: every GPU, since a model may be split across several
-    if dev.type == "cuda":
-        for i in range(torch.cuda.device_count()):
-            torch.cuda.synchronize(i)
+def sync(model):  # before reading a timer: every GPU the model uses (it may be split across several)
+    for d in model.devices():
+        if d.type == "cuda":
+            torch.cuda.synchronize(d)
 
 
-def reset_peak_memory(dev):
-    if dev.type == "cuda":
-        for i in range(torch.cuda.device_count()):
-            torch.cuda.reset_peak_memory_stats(i)
+def reset_peak_memory(model):
+    if any(d.type == "cuda" for d in model.devices()):
+        for d in model.devices():
+            torch.cuda.reset_peak_memory_stats(d)
     else:  # Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM), so each run gets its own peak
         try:
             with open("/proc/self/clear_refs", "w") as f:
@@ -273,9 +273,9 @@ def reset_peak_memory(dev):
             pass
 
 
-def peak_memory_bytes(dev):
-    if dev.type == "cuda":  # summed over the GPUs a split model uses
-        return sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count()))
+def peak_memory_bytes(model):
+    if any(d.type == "cuda" for d in model.devices()):  # summed over the GPUs a split model uses
+        return sum(torch.cuda.max_memory_allocated(d) for d in model.devices())
     try:
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
@@ -312,14 +312,9 @@ def resolve_model(name):
                            f"pass --model /path/to/a/downloaded/checkpoint") from None
 
 
-def parse_args(argv):
-    p = Parser(description="V-Reason: inference-time entropy steering of Qwen2.5-VL video reasoning (arXiv 2510.17045)")
-    p.add_argument("--video", required=True, help="video file")
-    p.add_argument("--q", required=True, help="question about the video")
+def add_args(p):
+    """The flags vreason.py and eval.py share: model, decoding, V-Reason, video, runtime."""
     p.add_argument("--model", default="Qwen/Qwen2.5-VL-7B-Instruct", help="checkpoint directory or Hugging Face id")
-    p.add_argument("--mode", default="baseline", choices=["baseline", "vreason", "lite"],
-                   help="lite = value-norm pruning of the video KV cache + the controller")
-    p.add_argument("--compare", action="store_true", help="also run the baseline on the same prepared input, side by side")
     p.add_argument("--system", default=None, help="system prompt (default: the Qwen2.5-VL default)")
     p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -344,16 +339,14 @@ def parse_args(argv):
     g.add_argument("--min-pixels", type=int, default=None, help="per frame (default 128*28*28)")
     g.add_argument("--max-pixels", type=int, default=None, help="per frame (default 768*28*28)")
     g.add_argument("--total-pixels", type=int, default=None, help="all frames together (default 128000*28*28*0.9)")
-    g = p.add_argument_group("runtime and output")
+    g = p.add_argument_group("runtime")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     g.add_argument("--device-map", default="none", choices=["none", "auto"],
                    help="auto: split the decoder layers over all visible GPUs (32B / 72B)")
-    g.add_argument("--json", default=None, metavar="PATH", help="write the run record as JSON ('-' = stdout)")
-    g.add_argument("--trace", default=None, metavar="PATH.jsonl", help="one JSON line per generated token")
-    g.add_argument("--plot", default=None, metavar="PATH.png", help="entropy and its EMA per token, alpha shaded")
-    g.add_argument("--quiet", action="store_true", help="no streaming text and stats")
-    a = p.parse_args(argv)
+
+
+def check_args(a):
     for name, ok in (("--max-new-tokens", a.max_new_tokens >= 1), ("--temperature", a.temperature >= 0),
                      ("--top-p", 0 < a.top_p <= 1), ("--fps", a.fps > 0), ("--repetition-penalty", a.repetition_penalty > 0),
                      ("--nframes", a.nframes is None or a.nframes >= 2), ("--max-frames", a.max_frames >= 2),
@@ -361,6 +354,23 @@ def parse_args(argv):
                      ("--lr", a.lr >= 0), ("--prune-ratio", a.prune_ratio is None or 0 <= a.prune_ratio < 1)):
         if not ok:
             raise UsageError(f"argument {name}: invalid value {getattr(a, name[2:].replace('-', '_'))}")
+
+
+def parse_args(argv):
+    p = Parser(description="V-Reason: inference-time entropy steering of Qwen2.5-VL video reasoning (arXiv 2510.17045)")
+    p.add_argument("--video", required=True, help="video file")
+    p.add_argument("--q", required=True, help="question about the video")
+    p.add_argument("--mode", default="baseline", choices=["baseline", "vreason", "lite"],
+                   help="lite = value-norm pruning of the video KV cache + the controller")
+    p.add_argument("--compare", action="store_true", help="also run the baseline on the same prepared input, side by side")
+    add_args(p)
+    g = p.add_argument_group("output")
+    g.add_argument("--json", default=None, metavar="PATH", help="write the run record as JSON ('-' = stdout)")
+    g.add_argument("--trace", default=None, metavar="PATH.jsonl", help="one JSON line per generated token")
+    g.add_argument("--plot", default=None, metavar="PATH.png", help="entropy and its EMA per token, alpha shaded")
+    g.add_argument("--quiet", action="store_true", help="no streaming text and stats")
+    a = p.parse_args(argv)
+    check_args(a)
     if a.compare and a.mode == "baseline":
         raise UsageError("--compare runs the baseline next to --mode vreason or lite; pick one of those")
     for path in (a.json, a.trace, a.plot):
@@ -412,21 +422,20 @@ class Run:
 
 def decode(model, tok, prep, s, stop_ids, write):
     """One generate() run with streaming, timings and peak memory."""
-    dev = prep.ids.device
-    reset_peak_memory(dev)
+    reset_peak_memory(model)
     streamer, steps, pieces, info = Streamer(tok), [], [], {}
     t0 = time.perf_counter()
     for step in generate(model, prep, s, stop_ids, info):
         steps.append(step)
         pieces.append(streamer.put(step.token))
         write(pieces[-1])
-    sync(dev)
+    sync(model)
     total = time.perf_counter() - t0
     decode_s, opt_s = total - info["prefill_s"], sum(st.opt_s for st in steps)
     timings = {"prefill_s": info["prefill_s"], "decode_s": decode_s, "decode_tokens_per_s": len(steps) / max(decode_s, 1e-9),
                "optimization_s": opt_s, "optimization_share": opt_s / max(decode_s, 1e-9)}
     return Run(s.mode, steps, pieces, streamer.tok.decode(streamer.ids, skip_special_tokens=True), info, timings,
-               peak_memory_bytes(dev))
+               peak_memory_bytes(model))
 
 
 def run_record(r):

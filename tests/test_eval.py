@@ -1,0 +1,294 @@
+"""eval.py: prompt bytes and scoring (spec §7), a synthetic benchmark end to end with known predictions, resume after a
+crash and a torn line, bad input, and a 2-process torchrun (gloo) run that must equal the 1-process one."""
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from clips import write_clip
+from conftest import IM_END, ROOT
+from test_cli import model_dir  # noqa: F401  (fixture: tiny checkpoint + real tokenizer)
+
+import eval as E
+import video as V
+import vreason as R
+
+VIDEO = ["--min-pixels", "3136", "--max-pixels", "12544"]  # tiny frames keep the real-model runs fast
+MC, NUM, REG = "multiple choice", "numerical", "regression"
+INSTR = ("Please think about this question as if you were a human pondering deeply. Engage in an internal dialogue using "
+         "expressions such as 'let me think', 'wait', 'Hmm', 'oh, I see', 'let's break it down', etc, or other natural "
+         "language thought expressions It's encouraged to include self-reflection or verification in the reasoning process. "
+         "Provide your detailed reasoning between the <think> and </think> tags, and then give your final answer between "
+         "the <answer> and </answer> tags.")
+
+
+def test_prompt_bytes():
+    """The user text of Video-R1's eval_bench.py: QUESTION_TEMPLATE.format(Question=q) + TYPE_TEMPLATE[type]."""
+    tags = " within the <answer> </answer> tags."
+    mc = {"problem": "Which way does it go? ", "problem_type": MC, "options": ["A. left", "B. right"]}
+    assert E.question(mc) == ("Which way does it go? Options:\nA. left\nB. right\n\n" + INSTR +
+                              " Please provide only the single option letter (e.g., A, B, C, D, etc.)" + tags)
+    num = " Please provide the numerical value (e.g., 42 or 3.14)" + tags
+    assert E.question({"problem": "How many?", "problem_type": NUM}) == "How many?\n" + INSTR + num
+    assert E.question({"problem": "How far?", "problem_type": REG}) == "How far?\n" + INSTR + num
+    assert E.question({"problem": "Read it.", "problem_type": "OCR"}) == ("Read it.\n" + INSTR + " Please transcribe text from "
+                                                                         "the image/video clearly and provide your text answer" + tags)
+    assert E.question({"problem": "Why?", "problem_type": "free-form"}) == "Why?\n" + INSTR + " Please provide your text answer" + tags
+    assert INSTR.count(".") == 3 and "expressions It's" in E.INSTRUCTION  # the missing full stop is kept
+
+
+def test_answer_extraction_and_scoring():
+    a = E.answer_of
+    assert a("<think>hmm</think><answer> B </answer>") == "B"
+    assert a("<answer>\nC.\n</answer> then <answer>D</answer>") == "C."  # the first tag pair, stripped
+    assert a("  The answer is B \n") == "The answer is B"  # no tags: the whole output
+    assert a("<answer> </answer> B") == "<answer> </answer> B"  # empty tags count as none (Video-R1)
+    assert a("<answer>B") == "<answer>B"  # unclosed
+    s = E.score
+    assert [s(MC, p, "B") for p in ("B", " B\n", "B.", "(B)", "b", "B. right", "The answer is B")] == [1, 1, 0, 0, 0, 0, 0]
+    assert s(MC, a("no tags, just B"), "B") == 0 and s(MC, a("B"), "B") == 1
+    assert s(NUM, "3.14", "3.140") == s(NUM, "3.140", "3.14") == s(NUM, "1,000.5", "1000.50") == s(NUM, "-2", "-2") == 1
+    assert s(NUM, "3", "3.0") == s(NUM, "1,000", "1000") == 0  # Video-R1: a decimal point in one only is wrong
+    assert s(NUM, "3.15", "3.14") == s(NUM, "three", "3") == s(NUM, "", "3") == 0
+    assert s(NUM, "0.004", "0.0") == 1 and s(NUM, "0.006", "0.0") == 0  # round to 2 decimals
+    mra = E.mra
+    assert mra(10, 10) == 1.0 and mra(15, 10) == 0.0  # rel. error 0.5 is not < 1 - 0.50
+    assert mra(14, 10) == pytest.approx(0.2)  # 0.4 < 1 - theta for theta = 0.50, 0.55 only
+    assert mra(-9.2, -10) == pytest.approx(0.9) and mra(9.2, -10) == 0.0  # negative ground truth: |gt|
+    assert mra(0, 0) == 1.0 and mra(0.001, 0) == mra(-3, 0) == 0.0  # zero ground truth
+    assert s(REG, "14", "10") == pytest.approx(0.2) and s(REG, "about 14", "10") == 0 and s(REG, "14", "ten") == 0
+    assert s("OCR", " Hello   World ", "hello world") == 1 and s("OCR", "hello world!", "hello world") == 0
+    assert s("free-form", "The cat sat.", "the cat sat") == 1 and s("free-form", "dog", "cat") == 0
+    assert s("free-form", "cat", "the cat sat") == pytest.approx(0.5)  # P 1, R 1/3
+    assert s("free-form", "a b c d", "a x c d") == pytest.approx(0.75)  # LCS 3 of 4
+    assert s("free-form", "", "x") == 0 and s("free-form", "...", "!!") == 1
+
+
+# ----------------------------------------------------------------------------- a synthetic benchmark, predictions known
+
+def entry(pid, problem, answer, ptype, path, **kw):
+    return dict(problem_id=pid, problem=problem, solution=f"<answer>{answer}</answer>", problem_type=ptype, path=path,
+                data_type="video", **kw)
+
+
+# Two datasets; ANSWERS[marker][mode] is what the fake model writes for the entry whose problem holds [marker].
+ENTRIES = {
+    "eval_mc.jsonl": [entry(1, "[q1] Which way? ", "A", MC, "c0.mp4", options=["A. left", "B. right"]),
+                      entry(2, "[q2] Which colour? ", "B", MC, "c1.mp4", options=["A. red", "B. blue"]),
+                      entry(3, "[q3] How many?", "3.5", NUM, "c2.mp4"),
+                      entry(4, "[q4] Lost?", "A", MC, "gone.mp4", options=["A. x", "B. y"])],
+    "eval_vsi.json": [entry("v1", "[q5] Nearest? ", "C", MC, "c0.mp4", options=["A. a", "B. b", "C. c"], data_source="scannet"),
+                      entry("v2", "[q6] Room size?", "20", REG, "c1.mp4"),
+                      entry("v3", "[q7] Distance?", "-10", REG, "c2.mp4")],
+}
+ANSWERS = {"q1": {"baseline": "<answer>A</answer>", "vreason": "<answer>A</answer>", "lite": "<answer>B</answer>"},
+           "q2": {"baseline": "<think>hmm</think><answer>A</answer>", "vreason": "<answer>B</answer>", "lite": "B"},
+           "q3": {"baseline": "<answer>3.50</answer>", "vreason": "<answer>3</answer>", "lite": "<answer>3.5</answer>"},
+           "q4": dict.fromkeys(("baseline", "vreason", "lite"), "<answer>A</answer>"),  # once its video exists
+           "q5": {"baseline": "<answer>C</answer>", "vreason": "<answer>C</answer>", "lite": "<answer>C.</answer>"},
+           "q6": {"baseline": "<answer>30</answer>", "vreason": "<answer>20</answer>", "lite": "<answer>23.3</answer>"},
+           "q7": {"baseline": "<answer>-9.2</answer>", "vreason": "<answer>-10</answer>", "lite": "ten"}}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench")
+    for i in range(3):
+        write_clip(d / f"c{i}.mp4", n_frames=12, width=64, height=48, fps=4, seed=i)
+    (d / "eval_mc.jsonl").write_text("".join(json.dumps(x) + "\n" for x in ENTRIES["eval_mc.jsonl"]))
+    (d / "eval_vsi.json").write_text(json.dumps(ENTRIES["eval_vsi.json"], indent=1))
+    return d
+
+
+def args(bench, out, *extra):
+    return ["--data", str(bench / "eval_mc.jsonl"), str(bench / "eval_vsi.json"), "--video-root", str(bench),
+            "--out", str(out), *VIDEO, *extra]
+
+
+@pytest.fixture
+def fake(monkeypatch, model_dir):
+    """R.generate replaced by a model that writes ANSWERS for the question it is shown; counts calls, can crash."""
+    tok = V.load_tokenizer(model_dir)
+    calls = {"generate": [], "prepare": 0, "crash_at": None}
+    prepare = R.prepare
+
+    def counting_prepare(*a, **k):
+        calls["prepare"] += 1
+        return prepare(*a, **k)
+
+    def generate(model, prep, s, stop_ids, info):
+        prompt = tok.decode(prep.ids.tolist(), skip_special_tokens=False)
+        q = re.search(r"\[(q\d)\]", prompt).group(1)
+        calls["generate"].append((q, s.mode, prompt, prep.ids.tolist(), s))
+        if len(calls["generate"]) == calls["crash_at"]:
+            raise KeyboardInterrupt  # Ctrl-C (or a crash) in the middle of the run
+        info.update(prefill_s=0.01, video_tokens=5, video_tokens_kept=5, updates=0)
+        for t in tok.encode(ANSWERS[q][s.mode], add_special_tokens=False).ids + [IM_END]:
+            yield R.Step(t, 1.0, 1.0, 1.0, 1.0)
+
+    monkeypatch.setattr(R, "prepare", counting_prepare)
+    monkeypatch.setattr(R, "generate", generate)
+    calls["tok"] = tok
+    return calls
+
+
+def records(out):
+    return [json.loads(line) for line in open(out / "records.jsonl")]
+
+
+def test_end_to_end_known_predictions(bench, model_dir, fake, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert E.main(args(bench, out, "--model", model_dir, "--update-every", "3", "--beta", "0.8")) == 0
+    cap = capsys.readouterr()
+    assert "ETA" in cap.err and "mc/4: video not found" in cap.err
+    # each video decoded and encoded once, every mode run on it; the missing one never reaches the model
+    assert fake["prepare"] == 6 and len(fake["generate"]) == 18
+    for q, mode, prompt, ids, s in fake["generate"]:
+        item = next(x for xs in ENTRIES.values() for x in xs if x["problem"].startswith(f"[{q}]"))
+        assert f"<|vision_end|>{E.question(item)}<|im_end|>" in prompt
+        assert ids == V.build_prompt(fake["tok"], E.question(item), ids.count(151656))
+        assert (s.update_every, s.beta, s.prune_ratio, s.max_new_tokens) == (3, 0.8, 0.5 if mode == "lite" else 0.0, 1024)
+    recs = records(out)
+    order = [(f[5:].split(".")[0], str(x["problem_id"]), m) for f in ENTRIES for x in ENTRIES[f] for m in E.MODES]
+    assert [(r["dataset"], r["id"], r["mode"]) for r in recs] == order  # merged in dataset order, modes in --modes order
+    by = {(r["id"], r["mode"]): r for r in recs}
+    assert by["2", "lite"]["prediction"] == "B" and by["2", "lite"]["correct"]  # no tags: the whole output
+    assert by["3", "baseline"]["score"] == 1 and by["3", "vreason"]["score"] == 0
+    assert by["v3", "baseline"]["score"] == pytest.approx(0.9) and by["v1", "lite"]["score"] == 0
+    assert by["4", "vreason"]["error"].startswith("video not found") and by["4", "vreason"]["score"] == 0
+    assert by["v1", "baseline"]["data_source"] == "scannet" and by["v1", "baseline"]["answer"] == "C"
+    r = by["1", "lite"]
+    assert r["output_tokens"] == len(fake["tok"].encode("<answer>B</answer>", add_special_tokens=False).ids) + 1
+    assert r["settings"]["max_frames"] == 16 and r["settings"]["max_pixels"] == 12544 and r["settings"]["prune_ratio"] == 0.5
+    for k in ("prefill_s", "decode_s", "latency_s", "peak_memory_bytes", "video_tokens", "output"):
+        assert k in r
+    # summary: the errored entry counts 0 (as in Video-R1); MRA only over regression entries
+    summ = json.loads((out / "summary.json").read_text())
+    assert summ["columns"] == ["mc", "vsi", "vsi MRA"]
+    want = {"baseline": (50, 100, (0.0 + 0.9) / 2), "vreason": (50, 100, 1.0), "lite": (50, 0, (0.7 + 0.0) / 2)}
+    for m, (mc, vsi, vmra) in want.items():
+        got = summ["modes"][m]
+        assert got["metrics"] == pytest.approx({"mc": mc, "vsi": vsi, "vsi MRA": 100 * vmra})
+        assert got["mean"] == pytest.approx((mc + vsi) / 2) and got["mean+MRA"] == pytest.approx((mc + vsi + 100 * vmra) / 3)
+        assert got["datasets"]["mc"]["errors"] == 1 and got["datasets"]["mc"]["recorded"] == 4
+    assert summ["modes"]["baseline"]["datasets"]["vsi"]["mra"] == pytest.approx(45.0)  # (mra(30, 20) = 0 + 0.9) / 2
+    md = (out / "summary.md").read_text()
+    assert md.splitlines()[0] == "| mode | mc | vsi | vsi MRA | mean | mean+MRA | tokens | latency s | peak GiB |"
+    assert md.splitlines()[3].startswith("| vreason | 50.0 | 100.0 | 100.0 | 75.0 | 83.3 |") and md in cap.out
+    # a rerun does nothing new; --retry-errors reruns the error once its video exists
+    fake["generate"].clear()
+    assert E.main(args(bench, out, "--model", model_dir, "--update-every", "3", "--beta", "0.8")) == 0
+    assert fake["generate"] == []
+    (bench / "gone.mp4").write_bytes((bench / "c0.mp4").read_bytes())
+    try:
+        assert E.main(args(bench, out, "--model", model_dir, "--update-every", "3", "--beta", "0.8", "--retry-errors")) == 0
+    finally:
+        os.remove(bench / "gone.mp4")
+    assert sorted(m for q, m, *_ in fake["generate"]) == sorted(E.MODES) and {q for q, *_ in fake["generate"]} == {"q4"}
+    assert {r["mode"]: r["error"] for r in records(out) if r["id"] == "4"} == {m: None for m in E.MODES}
+
+
+def test_resume_after_crash_and_torn_line(bench, model_dir, fake, tmp_path):
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert E.main(args(bench, ref, "--model", model_dir)) == 0
+    fake["generate"].clear()
+    fake["crash_at"] = 5  # Ctrl-C during the 2nd mode of the 2nd entry
+    assert E.main(args(bench, out, "--model", model_dir)) == 130
+    rank0 = out / "records.rank0.jsonl"
+    assert len(rank0.read_text().splitlines()) == 4 and not (out / "records.jsonl").exists()
+    with open(rank0, "a") as f:  # a crash in the middle of a write leaves a torn last line
+        f.write('{"dataset": "mc", "id": "2", "mode": "vreason", "predic')
+    fake["generate"].clear()
+    fake["crash_at"] = None
+    assert E.main(args(bench, out, "--model", model_dir)) == 0
+    assert len(fake["generate"]) == 18 - 4  # only what was missing
+    lines = rank0.read_text().split("\n")
+    assert lines[4].endswith('"predic') and json.loads(lines[5])["dataset"]  # the torn line ended, the next record whole
+    key = lambda r: (r["dataset"], r["id"], r["mode"], r["prediction"], r["score"], r.get("output_tokens"), r["error"])
+    assert [key(r) for r in records(out)] == [key(r) for r in records(ref)]
+    assert len(records(out)) == 21
+
+
+def test_resume_refuses_other_settings(bench, model_dir, fake, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert E.main(args(bench, out, "--model", model_dir, "--modes", "baseline", "--limit", "1")) == 0
+    capsys.readouterr()
+    assert E.main(args(bench, out, "--model", model_dir, "--modes", "baseline", "--max-new-tokens", "7")) == 2
+    assert "max_new_tokens=1024, now 7" in capsys.readouterr().err
+
+
+def _bad_data(tmp_path, capsys, name, text):
+    (tmp_path / name).write_text(text)
+    assert E.main(["--data", str(tmp_path / name), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("eval: error:") and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    return err
+
+
+def test_malformed_dataset(tmp_path, capsys):
+    good = json.dumps(ENTRIES["eval_mc.jsonl"][0])
+    assert "line 3: invalid JSON" in _bad_data(tmp_path, capsys, "a.jsonl", f"{good}\n\n{good[:-5]}\n{good}\n")
+    bad = dict(ENTRIES["eval_mc.jsonl"][1], problem_type="essay")
+    assert "line 2: problem_type 'essay'" in _bad_data(tmp_path, capsys, "b.jsonl", f"{good}\n{json.dumps(bad)}\n")
+    assert "line 2: duplicate problem_id 1 (first at line 1)" in _bad_data(tmp_path, capsys, "c.jsonl", f"{good}\n{good}\n")
+    no_opts = {k: v for k, v in ENTRIES["eval_mc.jsonl"][0].items() if k != "options"}
+    err = _bad_data(tmp_path, capsys, "d.json", json.dumps([json.loads(good), no_opts]))
+    assert "item 2: a multiple-choice entry needs 'options'" in err
+    assert "line 3: invalid JSON" in _bad_data(tmp_path, capsys, "e.json", "[\n" + good + ",\n}")
+    assert E.main(["--data", str(tmp_path / "nope.json"), "--out", str(tmp_path / "out")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,words", [(["--mode", "lite"], "--mode"), (["--video", "x.mp4"], "--video"),
+                                         (["--modes", "baseline,magic"], "--modes"), (["--temperature", "-1"], "--temperature"),
+                                         (["--bogus", "1"], "unrecognized"), (["--compare"], "--compare")])
+def test_bad_flags(flags, words, bench, tmp_path, capsys):
+    assert E.main(args(bench, tmp_path / "out", *flags)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err
+
+
+# ----------------------------------------------------------------------------- torchrun: 2 processes == 1 process
+
+def test_two_process_gloo_run_equals_one_process(bench, model_dir, tmp_path):
+    """Real tiny model. A 1-process baseline-only run, then a 2-process run of all modes resuming it (so it must
+    shard only the missing (entry, mode) pairs), must give the records of one uninterrupted 1-process run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default; the same thread count keeps the floats equal
+    flags = ["--model", model_dir, "--max-new-tokens", "4", "--limit", "3"]
+    both = tmp_path / "both"
+    run = lambda cmd: subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    r = run([sys.executable, os.path.join(ROOT, "eval.py"), *args(bench, both, *flags, "--modes", "baseline")])
+    assert r.returncode == 0, r.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+             "--master-port", str(port), os.path.join(ROOT, "eval.py"), *args(bench, both, *flags)])
+    assert r.returncode == 0, r.stderr
+    assert "12 (entry, mode) runs to do, in 6 entries, on 2 process(es)" in r.stderr
+    rank0, rank1 = ([json.loads(x) for x in open(both / f"records.rank{i}.jsonl")] for i in (0, 1))
+    assert {x["mode"] for x in rank1} == {"vreason", "lite"}  # the baseline was not redone
+    keys = [(x["dataset"], x["id"], x["mode"]) for x in rank0 + rank1]
+    assert len(keys) == len(set(keys)) == 18 and len(rank1) == 6  # each missing pair run once, by one rank, half each
+    one = tmp_path / "one"
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert E.main(args(bench, one, *flags)) == 0
+    finally:
+        torch.set_num_threads(torch_threads)
+    key = lambda r: (r["dataset"], r["id"], r["mode"], r["output"], r["prediction"], r["score"], r["output_tokens"],
+                     r["video_tokens_kept"])
+    assert [key(r) for r in records(both)] == [key(r) for r in records(one)]
+    last = records(one)[-2:]  # vsi/v3 vreason, lite
+    assert len(records(one)) == 18 and last[1]["video_tokens_kept"] < last[0]["video_tokens_kept"]  # Lite pruned
+    s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, both))
+    assert s1["columns"] == s2["columns"]
+    for m in E.MODES:
+        assert s1["modes"][m]["metrics"] == s2["modes"][m]["metrics"]
+        assert s1["modes"][m]["output_tokens"] == s2["modes"][m]["output_tokens"]
