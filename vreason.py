@@ -192,8 +192,10 @@ def prune(cache, lo, hi, ratio, policy):
     return lo + keep
 
 
-def video_span(ids, video_token_id):
+def video_span(ids, video_token_id):  # cache rows [lo, hi) of the video tokens; (0, 0) for a text-only prompt
     where = (ids == video_token_id).nonzero().flatten()
+    if len(where) == 0:
+        return 0, 0
     lo, hi = int(where[0]), int(where[-1]) + 1
     assert hi - lo == len(where), "the video tokens must be contiguous"
     return lo, hi
@@ -212,11 +214,11 @@ def generate(model, prep, s, stop_ids, info=None):
         logits, h_in = model(model.embed(prep.ids, prep.video_embeds), prep.pos, cache)
     lo, hi = video_span(prep.ids, model.c.video_token_id)
     info.update(kv_bytes_before=cache.nbytes(), video_tokens=hi - lo)
-    if s.prune_ratio > 0:
+    if s.prune_ratio > 0 and hi > lo:
         hi = prune(cache, lo, hi, s.prune_ratio, s.prune_policy)
     sync(model)
     info.update(prefill_s=time.perf_counter() - t0, kv_bytes_after=cache.nbytes(), video_tokens_kept=hi - lo, updates=0)
-    ctrl = Controller(cache, lo, hi, s) if s.mode in ("vreason", "lite") else None
+    ctrl = Controller(cache, lo, hi, s) if s.mode in ("vreason", "lite") and hi > lo else None  # nothing to steer without video
     pos = prep.pos[:, -1:]  # position of the row whose logits we hold; carried explicitly, never the cache length
     nxt = int(prep.pos.max()) + 1
     seen, switch = prep.ids.clone(), Switch(s.beta, s.objective)

@@ -12,6 +12,7 @@ import torch
 from conftest import ENDOFTEXT, IM_END, ROOT
 from test_cli import SMALL, clip, model_dir  # noqa: F401  (fixtures)
 from test_generate import prepared
+from test_model import prompt
 
 import model as M
 import vreason as R
@@ -55,6 +56,14 @@ def test_lr0_and_steps0_reproduce_baseline(tiny):
 def test_lite_ratio0_is_vreason(tiny):
     prep = prepared(tiny, (2, 12, 20), 1.0)[0]
     assert tokens(tiny, prep, mode="lite", prune_ratio=0.0) == tokens(tiny, prep, mode="vreason")
+
+
+def test_text_only_prompt_runs_as_baseline(tiny):
+    """No video rows: nothing to steer or prune, so every mode decodes like the baseline."""
+    ids = prompt(0)
+    prep = R.Prepared(torch.tensor(ids), M.rope_index(ids, [], [], tiny.c), None, None, 0.0)
+    base = tokens(tiny, prep)
+    assert tokens(tiny, prep, mode="vreason") == tokens(tiny, prep, mode="lite") == base
 
 
 def test_vreason_changes_the_run(tiny):
@@ -253,6 +262,7 @@ import sys, json, torch
 sys.path[:0] = [{root!r}, {tests!r}]
 import model as M, vreason as R
 from test_generate import prepared
+from test_model import prompt
 m = M.load_model({ckpt!r})
 out = []
 for seed in {seeds}:
