@@ -209,7 +209,7 @@ def generate(model, prep, s, stop_ids, info=None):
     dev = prep.ids.device
     gen = torch.Generator().manual_seed(s.seed)
     t0 = time.perf_counter()
-    cache = M.KVCache.empty(model.c, len(prep.ids) + s.max_new_tokens, model.layer_devices(), model.lm_head.weight.dtype)
+    cache = M.KVCache.empty(model.c, len(prep.ids) + s.max_new_tokens, model.layer_devices(), model.dtype)
     with torch.no_grad():
         logits, h_in = model(model.embed(prep.ids, prep.video_embeds), prep.pos, cache)
     lo, hi = video_span(prep.ids, model.c.video_token_id)

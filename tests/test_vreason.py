@@ -32,7 +32,7 @@ def tokens(model, prep, **kw):
 def prefilled(model, prep, decode=2):
     """Cache after prefill and `decode` greedy steps. Returns the cache, the current row's input to the last layer,
     its position and its token."""
-    cache = M.KVCache.empty(model.c, len(prep.ids) + decode + 1, "cpu", model.lm_head.weight.dtype)
+    cache = M.KVCache.empty(model.c, len(prep.ids) + decode + 1, "cpu", model.dtype)
     with torch.no_grad():
         logits, h_in = model(model.embed(prep.ids, prep.video_embeds), prep.pos, cache)
         pos, token = prep.pos[:, -1:], prep.ids[-1:]
