@@ -1,12 +1,12 @@
 """Speed and memory side by side (issue #5): our Qwen2.5-VL (model.py + vreason.generate) against transformers on the
 same random-weight checkpoints, and V-Reason / Lite against our baseline. transformers is a bench-only dependency.
 
-    python bench.py                                  # default shapes, CPU, fp32; ~10 minutes on 2 cores
+    python bench.py                                  # 3b-slim, 7b-narrow, small; CPU fp32; 15-20 minutes on 2 cores
     python bench.py --shape 7b --device cuda --dtype bfloat16
-    python bench.py --smoke --json /tmp/bench.json   # tiny shapes, 1 run, seconds (CI)
+    python bench.py --smoke --json /tmp/bench.json   # tiny shapes, 1 run (CI: checks the script, not the speed)
 
-Every measure is a median over --runs interleaved rounds (ours, theirs, ours, ...) after one warm-up round.
-Decode time per token is measured between the first and the last generated token (prefill excluded), for both.
+Every figure is a median over --runs interleaved rounds (ours, theirs, ours, ...) after one warm-up round. Decode time
+per token is taken between the first and the last generated token (prefill excluded), for both implementations.
 """
 import argparse
 import datetime
@@ -29,16 +29,18 @@ import vreason as R
 IM_START, IM_END, ENDOFTEXT, VSTART, VEND, VPAD = 151644, 151645, 151643, 151652, 151653, 151656
 HEAD = [IM_START, 8948, 198, 2610, 525, 264, 10950, 17847, 13, IM_END, 198, IM_START, 872, 198, VSTART]
 TAIL = [VEND, 3838, 8573, 1283, 279, 4935, 374, 14989, 30, IM_END, 198, IM_START, 77091, 198]
-# LM: hidden, layers, heads, kv heads, intermediate, vocab, tied | vision: depth, width, heads, intermediate. head_dim 128.
+VISION = (1280, 16, 3420)  # the real vision tower width, heads, intermediate (all Qwen2.5-VL sizes)
+# name: LM (hidden, layers, heads, kv heads, intermediate, vocab, tied), vision (depth, width, heads, intermediate)
 SHAPES = {
-    "3b-slim": ((2048, 4, 16, 2, 11008, 151936, True), (2, 1280, 16, 3420)),  # 3B layout, 4 of 36 layers
-    "7b-narrow": ((1792, 2, 14, 2, 9472, 152064, False), (2, 1280, 16, 3420)),  # 7B proportions at width 1792, 2 of 28 layers
-    "small": ((512, 3, 4, 2, 2752, 151936, True), (2, 1280, 16, 3420)),
-    "3b": ((2048, 36, 16, 2, 11008, 151936, True), (32, 1280, 16, 3420)),  # the real sizes
-    "7b": ((3584, 28, 28, 4, 18944, 152064, False), (32, 1280, 16, 3420)),
+    "3b-slim": ((2048, 4, 16, 2, 11008, 151936, True), (2, *VISION)),  # the 3B layout, 4 of its 36 layers
+    "7b-narrow": ((1792, 2, 14, 2, 9472, 152064, False), (2, *VISION)),  # 7B proportions at half width, 2 of 28 layers
+    "small": ((512, 3, 4, 2, 2752, 151936, True), (2, *VISION)),
+    "3b": ((2048, 36, 16, 2, 11008, 151936, True), (32, *VISION)),  # the real sizes
+    "7b": ((3584, 28, 28, 4, 18944, 152064, False), (32, *VISION)),
     "tiny": ((128, 2, 1, 1, 256, 151936, True), (2, 64, 4, 96)),  # --smoke
     "tiny-gqa": ((256, 2, 2, 1, 512, 152064, False), (2, 64, 4, 96)),
 }
+med = statistics.median
 
 
 def hf_config(name, std):
@@ -57,63 +59,82 @@ def hf_config(name, std):
         bos_token_id=ENDOFTEXT, eos_token_id=IM_END, torch_dtype="float32")
 
 
-def write_checkpoint(name, path, dtype, std):
+def write_checkpoint(name, path, dev, dtype, std):
+    """Random weights (uniform with the given std; RMSNorm weights 1, biases 0), built on `dev` in `dtype` so that the
+    real 7B fits, written by transformers' save_pretrained: the official file layout."""
     from transformers import Qwen2_5_VLForConditionalGeneration
-
     from transformers.modeling_utils import no_init_weights
 
     torch.manual_seed(0)
-    with no_init_weights():  # then one uniform pass with the given std: quicker than the default init
-        m = Qwen2_5_VLForConditionalGeneration(hf_config(name, std))
+    default = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(dtype)
+        with torch.device(dev), no_init_weights():
+            m = Qwen2_5_VLForConditionalGeneration(hf_config(name, std))
+    finally:
+        torch.set_default_dtype(default)
     m.tie_weights()
     with torch.no_grad():
-        for key, p in m.named_parameters():  # RMSNorm weights are ones already
+        for key, p in m.named_parameters():
             if p.dim() > 1:
                 p.uniform_(-std * 3**0.5, std * 3**0.5)
             elif key.endswith("bias"):
                 p.zero_()
-    m.to(dtype).save_pretrained(path)
+    m.save_pretrained(path)
     del m
     gc.collect()
 
 
+# ----------------------------------------------------------------------------- timers, memory, inputs
+
 def sync(dev):
-    R.sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
 
 def timed(dev, fn):
     sync(dev)
     t = time.perf_counter()
-    out = fn()
+    fn()
     sync(dev)
-    return time.perf_counter() - t, out
+    return time.perf_counter() - t
 
 
-def make_input(grid, dev, seed=0):
+def memory(dev, key, reset=False):
+    """CPU: VmRSS (now) or VmHWM (peak since the last reset; writing 5 to clear_refs resets it). CUDA: allocated."""
+    if dev.type == "cuda":
+        if reset:
+            torch.cuda.reset_peak_memory_stats(dev)
+        return (torch.cuda.memory_allocated if key == "VmRSS" else torch.cuda.max_memory_allocated)(dev)
+    if reset:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+
+def make_input(grid, dev, seed=0):  # chat-shaped prompt ids around one video block, random normalized patches
     t, h, w = grid
-    ids = HEAD + [VPAD] * (t * h * w // 4) + TAIL
     px = torch.randn(t * h * w, 1176, generator=torch.Generator().manual_seed(seed)).to(dev)
-    return ids, px
+    return HEAD + [VPAD] * (t * h * w // 4) + TAIL, px
 
 
 def prepared(model, grid, dev):
     ids, px = make_input(grid, dev)
     with torch.no_grad():
         emb = model.visual(px, [grid])
-    pos = M.rope_index(ids, [grid], [1.0], model.c).to(dev)
-    return R.Prepared(torch.tensor(ids, device=dev), pos, emb, V.Video(px, grid, 1.0, {}), 0.0)
+    return R.Prepared(ids=torch.tensor(ids, device=dev), pos=M.rope_index(ids, [grid], [1.0], model.c).to(dev),
+                      video_embeds=emb, video=V.Video(px, grid, 1.0, {}), vision_s=0.0)
 
 
 # ----------------------------------------------------------------------------- one measurement each
 
-def ours_decode(model, prep, n, mode="baseline", k=2):
-    """-> timestamps of every generated token, the steps, the info dict."""
-    s = R.Settings(mode=mode, max_new_tokens=n, update_every=k)
-    ts, steps, info = [], [], {}
-    for st in R.generate(model, prep, s, set(), info):
-        ts.append(time.perf_counter())
+def ours_decode(model, prep, n, mode="baseline", k=2):  # -> time stamp of every generated token, the steps
+    ts, steps = [], []
+    for st in R.generate(model, prep, R.Settings(mode=mode, max_new_tokens=n, update_every=k), set(), {}):
+        ts.append(time.perf_counter())  # choose() has read the token back: the device is synchronized
         steps.append(st)
-    return ts, steps, info
+    return ts, steps
 
 
 class Stamps:  # a transformers streamer: put() gets the prompt once, then every new token (already on the CPU)
@@ -133,26 +154,28 @@ class Stamps:  # a transformers streamer: put() gets the prompt once, then every
 def theirs_decode(hf, ids, px, grid, n, vocab):
     st, dev = Stamps(), px.device
     with torch.no_grad():
-        hf.generate(input_ids=torch.tensor([ids], device=dev), attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=dev),
+        hf.generate(input_ids=torch.tensor([ids], device=dev),
+                    attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=dev),
                     pixel_values_videos=px, video_grid_thw=torch.tensor([grid], device=dev),
                     second_per_grid_ts=torch.tensor([1.0], device=dev), max_new_tokens=n, do_sample=False,
                     repetition_penalty=1.0, temperature=None, top_p=None, top_k=None,
-                    eos_token_id=vocab, pad_token_id=ENDOFTEXT, streamer=st)  # eos = an id that cannot be generated
+                    eos_token_id=vocab, pad_token_id=ENDOFTEXT, streamer=st)  # eos: an id that cannot be generated
     return st.t, st.tokens
 
 
-def ours_prefill(model, prep, n):
-    cache = M.KVCache.empty(model.c, len(prep.ids) + n, prep.ids.device, model.lm_head.weight.dtype)
+def ours_prefill(model, prep, n):  # what generate() does before the first token
+    cache = M.KVCache.empty(model.c, len(prep.ids) + n, prep.ids.device, model.llm.norm.weight.dtype)
     with torch.no_grad():
         return model(model.embed(prep.ids, prep.video_embeds), prep.pos, cache)[0]
 
 
-def theirs_prefill(hf, prep):  # what generate's prefill does, minus the vision encoder (same embeddings as ours)
+def theirs_prefill(hf, prep):  # what transformers' generate does before the first token, minus the vision encoder
     ids = prep.ids[None]
     with torch.no_grad():
         x = hf.model.embed_tokens(ids)
         x = x.masked_scatter((ids == VPAD)[..., None].expand_as(x), prep.video_embeds.to(x.dtype))
-        return hf(inputs_embeds=x, position_ids=prep.pos[:, None], attention_mask=torch.ones_like(ids), use_cache=True).logits[0, -1]
+        out = hf(inputs_embeds=x, position_ids=prep.pos[:, None], attention_mask=torch.ones_like(ids), use_cache=True)
+    return out.logits[0, -1]
 
 
 def per_token(ts, n=None):  # seconds per token between the first and the n-th generated token
@@ -160,12 +183,12 @@ def per_token(ts, n=None):  # seconds per token between the first and the n-th g
     return (ts[-1] - ts[0]) / (len(ts) - 1)
 
 
-def matvec_bandwidth(W, x, dev, reps=5):  # bytes/s of one large fp32 mat-vec
-    return W.numel() * W.element_size() / statistics.median(timed(dev, lambda: torch.mv(W, x))[0] for _ in range(reps))
+def bandwidth(W, x, dev, reps=5):  # bytes/s of one large fp32 mat-vec, the faster of its two forms W x and x^T W
+    forms = (lambda: torch.mv(W, x), lambda: x[None] @ W)
+    return W.numel() * W.element_size() / min(med(timed(dev, f) for _ in range(reps)) for f in forms)
 
 
-def rounds(a, warm, body):
-    """warm(): one warm-up round; body(): one measured round returning a dict of lists-to-be -> dict of lists."""
+def rounds(a, warm, body):  # warm() once, then body() --runs times: {key: [value per run]}
     warm()
     out = {}
     for _ in range(a.runs):
@@ -174,7 +197,8 @@ def rounds(a, warm, body):
     return out
 
 
-med = statistics.median
+def log(t0, msg):
+    print(f"   [{time.perf_counter() - t0:5.0f}s] {msg}", flush=True)
 
 
 # ----------------------------------------------------------------------------- peak memory, in a fresh process
@@ -185,21 +209,15 @@ def memory_child(spec):
     model = M.load_model(spec["dir"], dev, dtype)
     prep = prepared(model, tuple(spec["grid"]), dev)
     gc.collect()
-    R.reset_peak_memory(dev)
-    if dev.type == "cuda":
-        before = torch.cuda.memory_allocated(dev)
-    else:
-        with open("/proc/self/status") as f:
-            before = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-    info = {}
+    before, info = memory(dev, "VmRSS", reset=True), {}
     for _ in R.generate(model, prep, R.Settings(mode=spec["mode"], max_new_tokens=spec["n"]), set(), info):
         pass
     sync(dev)
-    print(json.dumps({"peak_bytes": R.peak_memory_bytes(dev), "before_bytes": before, **info}))
+    print(json.dumps({"peak_bytes": memory(dev, "VmHWM"), "before_bytes": before, **info}))
 
 
 def measure_memory(a, path, grid, mode):
-    spec = dict(dir=path, device=a.device, dtype=a.dtype, threads=a.threads, grid=grid, mode=mode, n=a.vr_tokens)
+    spec = dict(dir=path, device=a.device, dtype=a.dtype, threads=a.threads, grid=grid, mode=mode, n=8)
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-child", json.dumps(spec)],
                          capture_output=True, text=True)
     if out.returncode:
@@ -212,129 +230,134 @@ def measure_memory(a, path, grid, mode):
 def bench_shape(a, name, dev, dtype, with_vision):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    res, (lm, _) = {}, SHAPES[name]
-    grid, vgrid = tuple(a.video_grid), tuple(a.vision_grid)
+    res, grid, vgrid, t0 = {}, tuple(a.video_grid), tuple(a.vision_grid), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as path:
-        t0 = time.perf_counter()
-        write_checkpoint(name, path, dtype, a.init_std)
+        write_checkpoint(name, path, dev, dtype, a.init_std)
         ours = M.load_model(path, dev, dtype)
-        hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, torch_dtype=dtype, attn_implementation="sdpa").to(dev).eval()
-        c = ours.c
-        layer_b = sum(p.numel() * p.element_size() for p in [*ours.llm.layers.parameters(), ours.llm.norm.weight])
-        head_b = ours.lm_head.weight.numel() * ours.lm_head.weight.element_size()
-        lm_params = sum(p.numel() for p in ours.llm.parameters()) + (0 if c.tie_word_embeddings else ours.lm_head.weight.numel())
+        hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, torch_dtype=dtype, attn_implementation="sdpa")
+        hf = hf.to(dev).eval()
+        c, esize = ours.c, ours.llm.norm.weight.element_size()
+        head_b = c.vocab_size * c.hidden_size * esize  # whatever layout model.py keeps it in
+        layers_b = sum(p.numel() * p.element_size() for p in [*ours.llm.layers.parameters(), ours.llm.norm.weight])
+        last_b = sum(p.numel() * p.element_size() for p in ours.llm.layers[-1].parameters()) + head_b
+        lm_params = sum(p.numel() for key, p in ours.named_parameters() if not key.startswith("visual."))  # tied: once
         res["config"] = dict(hidden=c.hidden_size, layers=c.n_layers, heads=c.n_heads, kv_heads=c.n_kv_heads,
                              intermediate=c.intermediate_size, vocab=c.vocab_size, tied=c.tie_word_embeddings,
                              vision_depth=c.v_depth, vision_width=c.v_hidden, lm_params=lm_params,
-                             vision_params=sum(p.numel() for p in ours.visual.parameters()),
-                             bytes_per_token=layer_b + head_b, setup_s=time.perf_counter() - t0)
+                             vision_params=sum(p.numel() for p in ours.visual.parameters()), bytes_per_token=layers_b + head_b)
+        log(t0, f"LM {lm_params / 1e6:.0f}M params ({c.n_layers} layers, hidden {c.hidden_size}, {c.n_heads}/{c.n_kv_heads} "
+                f"heads, {'tied' if c.tie_word_embeddings else 'untied'}), {(layers_b + head_b) / 1e9:.2f} GB read per token; "
+                f"vision depth {c.v_depth} width {c.v_hidden}")
         prep = prepared(ours, grid, dev)
         ids, px = make_input(grid, dev)
 
-        if with_vision:  # 1. vision encoder on the same weights
+        if with_vision:  # 1. vision encoder
             vpx = make_input(vgrid, dev, seed=1)[1]
             f_ours = lambda: ours.visual(vpx, [vgrid])
             f_hf = lambda: hf.visual(vpx.to(dtype), grid_thw=torch.tensor([vgrid], device=dev))
             with torch.no_grad():
-                r = rounds(a, lambda: (f_ours(), f_hf()), lambda: {"ours": timed(dev, f_ours)[0], "theirs": timed(dev, f_hf)[0]})
+                r = rounds(a, lambda: (f_ours(), f_hf()), lambda: {"ours": timed(dev, f_ours), "theirs": timed(dev, f_hf)})
                 diff = float((f_ours() - f_hf()).abs().max() / f_hf().abs().max())
             res["vision"] = dict(grid=vgrid, ours_s=med(r["ours"]), theirs_s=med(r["theirs"]), rel_diff=diff, runs=r)
+            log(t0, f"vision {vgrid}: ours {med(r['ours']):.3f}s, hf {med(r['theirs']):.3f}s (rel diff {diff:.1e})")
 
         # 2. prefill (video + prompt)
-        r = rounds(a, lambda: (ours_prefill(ours, prep, a.new_tokens), theirs_prefill(hf, prep)),
-                   lambda: {"ours": timed(dev, lambda: ours_prefill(ours, prep, a.new_tokens))[0],
-                            "theirs": timed(dev, lambda: theirs_prefill(hf, prep))[0]})
-        lo, lt = ours_prefill(ours, prep, a.new_tokens), theirs_prefill(hf, prep).float()
+        f_ours, f_hf = lambda: ours_prefill(ours, prep, a.new_tokens), lambda: theirs_prefill(hf, prep)
+        r = rounds(a, lambda: (f_ours(), f_hf()), lambda: {"ours": timed(dev, f_ours), "theirs": timed(dev, f_hf)})
+        lo, lt = f_ours(), f_hf().float()
         res["prefill"] = dict(prompt_tokens=len(ids), video_tokens=prep.video.n_tokens, ours_s=med(r["ours"]),
                               theirs_s=med(r["theirs"]), logits_rel_diff=float((lo - lt).abs().max() / lt.abs().max()), runs=r)
+        log(t0, f"prefill {len(ids)} tokens: ours {med(r['ours']):.3f}s, hf {med(r['theirs']):.3f}s")
 
-        # 3, 4, 6. decode: memory bandwidth, ours, transformers, V-Reason k=1 / k=2, Lite, interleaved
+        # 3, 4, 6. decode, interleaved: memory bandwidth, ours, transformers, V-Reason k=1 / k=2, Lite
         side = int((a.bw_mib * 2**20 / 4) ** 0.5)
         W, x = torch.ones(side, side, device=dev), torch.ones(side, device=dev)
-        n, nv, toks = a.new_tokens, a.vr_tokens, {}
+        toks, modes = {}, (("vreason_k1", "vreason", 1), ("vreason_k2", "vreason", 2), ("lite", "lite", 2))
 
-        def body(n=n, nv=nv):
-            row = {"bandwidth": matvec_bandwidth(W, x, dev)}
-            ts, steps, _ = ours_decode(ours, prep, n)
+        def body(n=a.new_tokens, nv=a.vr_tokens + 1):  # V-Reason runs: vr_tokens intervals, every k-th one updates
+            row = {"bandwidth": bandwidth(W, x, dev)}
+            ts, steps = ours_decode(ours, prep, n)
             tt, toks["theirs"] = theirs_decode(hf, ids, px, grid, n, c.vocab_size)
             toks["ours"] = [s.token for s in steps]
             row.update(ours=per_token(ts), theirs=per_token(tt), ours_window=per_token(ts, nv), n_ours=len(ts), n_theirs=len(tt))
-            for key, mode, k in (("vreason_k1", "vreason", 1), ("vreason_k2", "vreason", 2), ("lite", "lite", 2)):
-                ts, steps, info = ours_decode(ours, prep, nv, mode, k)
-                row[key] = per_token(ts)
-                row[key + "_opt_share"] = sum(s.opt_s for s in steps[1:]) / (ts[-1] - ts[0])
-                row[key + "_updates"] = sum(s.updated for s in steps[1:])
+            for key, mode, k in modes:
+                ts, steps = ours_decode(ours, prep, nv, mode, k)
+                row.update({key: per_token(ts), key + "_opt_share": sum(s.opt_s for s in steps[1:]) / (ts[-1] - ts[0]),
+                            key + "_updates": sum(s.updated for s in steps[1:])})
             return row
 
         r = rounds(a, lambda: body(4, 4), body)
-        del W, x
         bw = med(r["bandwidth"])
-        floor = res["config"]["bytes_per_token"] / bw
-        res["decode"] = dict(new_tokens=n, tokens_ours=r["n_ours"][-1], tokens_theirs=r["n_theirs"][-1],
-                             tokens_match=toks["ours"] == toks["theirs"],
-                             first_mismatch=next((i for i, (p, q) in enumerate(zip(toks["ours"], toks["theirs"])) if p != q), None),
+        floor = (layers_b + head_b) / bw
+        mismatch = [i for i, (p, q) in enumerate(zip(toks["ours"], toks["theirs"])) if p != q]
+        res["decode"] = dict(new_tokens=a.new_tokens, tokens_ours=r["n_ours"][-1], tokens_theirs=r["n_theirs"][-1],
+                             tokens_match=toks["ours"] == toks["theirs"], first_mismatch=(mismatch or [None])[0],
                              bandwidth_GBps=bw / 1e9, floor_s=floor, ours_s=med(r["ours"]), theirs_s=med(r["theirs"]),
                              ours_x_floor=med(r["ours"]) / floor, theirs_x_floor=med(r["theirs"]) / floor, runs=r)
         base = med(r["ours_window"])
-        res["vreason"] = {key: dict(s_per_token=med(r[key]), x_baseline=med(r[key]) / base,
-                                    opt_share=med(r[key + "_opt_share"]), updates=r[key + "_updates"][-1])
-                          for key in ("vreason_k1", "vreason_k2", "lite")}
-        res["vreason"].update(new_tokens=nv, baseline_s_per_token=base)
-        del ours, hf, prep
+        # bound: an exact update reads the last layer and the LM head at least twice (backward, then the redecode)
+        res["vreason"] = {key: dict(s_per_token=med(r[key]), x_baseline=med(r[key]) / base, opt_share=med(r[key + "_opt_share"]),
+                                    updates=r[key + "_updates"][-1], bound_x_baseline=1 + 2 * last_b / k / (layers_b + head_b))
+                          for key, _, k in modes}
+        res["vreason"].update(new_tokens=a.vr_tokens + 1, baseline_s_per_token=base)
+        log(t0, f"decode: ours {1 / med(r['ours']):.2f} tok/s, hf {1 / med(r['theirs']):.2f} tok/s, {bw / 1e9:.1f} GB/s, "
+                f"same tokens {res['decode']['tokens_match']}; V-Reason k=1 / k=2 / Lite: "
+                + " / ".join(f"{res['vreason'][k]['x_baseline']:.2f}x" for k, _, _ in modes) + " baseline")
+        del ours, hf, prep, W, x
         gc.collect()
 
         # 5. peak memory, each configuration in a fresh process
         res["memory"] = {mode: measure_memory(a, path, grid, mode) for mode in ("baseline", "vreason", "lite")}
+        log(t0, "peak memory GiB: " + ", ".join(f"{k} {v['peak_bytes'] / 2**30:.2f}" for k, v in res["memory"].items()))
     return res
 
 
 # ----------------------------------------------------------------------------- report
 
 def targets(name, res):
-    """(shape, measure, value, reference, ratio, target text, pass) rows: the table."""
+    """The table: (shape, measure, ours, reference, ratio, target, PASS / MISS / None = reported only) per line."""
     big = SHAPES[name][0][0] >= 1792
     d, p, v, m = res["decode"], res["prefill"], res["vreason"], res["memory"]
     rows = []
-    if "vision" in res:
-        x = res["vision"]
-        rows.append(("vision encoder, grid %s: s (ours | hf)" % (tuple(x["grid"]),), x["ours_s"], x["theirs_s"],
-                     x["theirs_s"] / x["ours_s"], ">= 1.00x hf", x["theirs_s"] / x["ours_s"] >= 1.0))
-    rows.append((f"prefill {p['prompt_tokens']} tokens: s (ours | hf)", p["ours_s"], p["theirs_s"],
-                 p["theirs_s"] / p["ours_s"], ">= 1.00x hf", p["theirs_s"] / p["ours_s"] >= 1.0))
-    speed = d["theirs_s"] / d["ours_s"]
-    rows.append((f"decode tok/s (ours | hf), {d['new_tokens']} tok, same: {d['tokens_match']}", 1 / d["ours_s"],
-                 1 / d["theirs_s"], speed, f">= {1.1 if big else 1.6:.2f}x hf", speed >= (1.1 if big else 1.6)))
-    rows.append((f"decode s/token / floor {d['floor_s'] * 1e3:.1f} ms (ours | hf)", d["ours_x_floor"], d["theirs_x_floor"],
-                  d["ours_x_floor"], f"<= {1.1 if big else 1.4:.2f}x floor", d["ours_x_floor"] <= (1.1 if big else 1.4)))
+    for key, what in (("vision", "vision encoder %s" % (tuple(res.get("vision", {}).get("grid", ())),)),
+                      ("prefill", f"prefill {p['prompt_tokens']} tokens")):
+        if key in res:
+            x = res[key]
+            rows.append((f"{what}: s (ours | hf)", x["ours_s"], x["theirs_s"], x["theirs_s"] / x["ours_s"], (">=", 1.0, "hf")))
+    rows.append((f"decode tok/s (ours | hf); {d['new_tokens']} tokens, same: {'yes' if d['tokens_match'] else 'no'}",
+                 1 / d["ours_s"], 1 / d["theirs_s"], d["theirs_s"] / d["ours_s"], (">=", 1.1 if big else 1.6, "hf")))
+    rows.append((f"decode ms/token (ours | floor); hf {d['theirs_x_floor']:.2f}x floor", 1e3 * d["ours_s"],
+                 1e3 * d["floor_s"], d["ours_x_floor"], ("<=", 1.1 if big else 1.4, "floor")))
     for key, label, limit in (("vreason_k1", "V-Reason k=1", None), ("vreason_k2", "V-Reason k=2", 1.25), ("lite", "Lite", 1.0)):
         x = v[key]
-        rows.append((f"{label} s/token x baseline (opt share | updates)", x["opt_share"], x["updates"], x["x_baseline"],
-                     f"<= {limit:.2f}x base" if limit else "", None if limit is None else x["x_baseline"] <= limit))
-    pb = m["baseline"]["peak_bytes"]
+        rows.append((f"{label} ms/token (it | base); opt {x['opt_share']:.0%}, bound {x['bound_x_baseline']:.2f}x",
+                     1e3 * x["s_per_token"], 1e3 * v["baseline_s_per_token"], x["x_baseline"], limit and ("<=", limit, "base")))
     for mode, limit in (("vreason", 1.05), ("lite", None)):
-        rows.append((f"peak memory {mode} GiB (it | baseline)", m[mode]["peak_bytes"] / 2**30, pb / 2**30, m[mode]["peak_bytes"] / pb,
-                     f"<= {limit:.2f}x base" if limit else "", None if limit is None else m[mode]["peak_bytes"] / pb <= limit))
+        it, base = m[mode]["peak_bytes"], m["baseline"]["peak_bytes"]
+        rows.append((f"peak memory {mode} GiB (it | baseline)", it / 2**30, base / 2**30, it / base, limit and ("<=", limit, "base")))
     L = m["lite"]
-    row_b = L["kv_bytes_before"] / p["prompt_tokens"]
-    allowed = row_b * (0.5 * L["video_tokens"] + p["prompt_tokens"] - L["video_tokens"])
-    rows.append(("Lite KV cache MiB (after | before prune)", L["kv_bytes_after"] / 2**20, L["kv_bytes_before"] / 2**20,
-                 L["kv_bytes_after"] / L["kv_bytes_before"], "<= 0.5 video + text", L["kv_bytes_after"] <= allowed))
-    return [(name, *r) for r in rows]
+    text = L["kv_bytes_before"] / p["prompt_tokens"] * (p["prompt_tokens"] - L["video_tokens"])
+    rows.append(("Lite KV cache MiB (after | before prune); half the video", L["kv_bytes_after"] / 2**20,
+                 L["kv_bytes_before"] / 2**20, L["kv_bytes_after"] / L["kv_bytes_before"],
+                 ("<=", (0.5 * (L["kv_bytes_before"] - text) + text) / L["kv_bytes_before"], "before")))
+    ok = lambda ratio, op, lim: ratio >= lim * (1 - 1e-9) if op == ">=" else ratio <= lim * (1 + 1e-9)
+    return [(name, what, ours, ref, ratio, f"{t[0]} {t[1]:.2f}x {t[2]}" if t else "", ok(ratio, *t[:2]) if t else None)
+            for what, ours, ref, ratio, t in rows]
 
 
-def machine(a, dev, dtype):
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+def machine(dev, dtype):
     import transformers
 
+    cpu = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    git = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
     return dict(cpu=cpu, cores=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__,
                 transformers=transformers.__version__, python=platform.python_version(), device=str(dev),
                 gpu=torch.cuda.get_device_name(dev) if dev.type == "cuda" else None, dtype=str(dtype).replace("torch.", ""),
-                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), commit=git or None)
 
 
 def parse_args(argv):
@@ -343,11 +366,12 @@ def parse_args(argv):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--runs", type=int, default=5, help="measured rounds per figure (after one warm-up round)")
+    p.add_argument("--runs", type=int, default=5, help="measured rounds per figure, after one warm-up round")
     p.add_argument("--new-tokens", type=int, default=128, help="greedy decode length, ours vs transformers")
-    p.add_argument("--vr-tokens", type=int, default=32, help="decode length of the V-Reason / Lite runs and the memory runs")
-    p.add_argument("--video-grid", type=int, nargs=3, default=[4, 16, 16], help="prompt video (t h w patches): 256 tokens")
-    p.add_argument("--vision-grid", type=int, nargs=3, default=[8, 32, 32], help="vision benchmark: 16 frames 448x448")
+    p.add_argument("--vr-tokens", type=int, default=16, help="timed tokens of each V-Reason / Lite run")
+    p.add_argument("--video-grid", type=int, nargs=3, default=[4, 16, 16], help="prompt video, t h w patches (256 tokens)")
+    p.add_argument("--vision-grid", type=int, nargs=3, default=[8, 24, 24],
+                   help="vision benchmark clip: 16 frames 336x336 (8 32 32: 448x448, 4x slower in transformers)")
     p.add_argument("--bw-mib", type=int, default=1024, help="size of the mat-vec that measures memory bandwidth")
     p.add_argument("--init-std", type=float, default=0.02)
     p.add_argument("--json", default="bench.json")
@@ -370,28 +394,23 @@ def main(argv=None):
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(a.threads)
     dev, dtype, t0 = torch.device(a.device), getattr(torch, a.dtype), time.perf_counter()
-    report = {"machine": machine(a, dev, dtype), "settings": {k: v for k, v in vars(a).items() if k != "memory_child"}, "shapes": {}}
+    report = {"machine": machine(dev, dtype), "settings": {k: v for k, v in vars(a).items() if k != "memory_child"}, "shapes": {}}
     print(" | ".join(f"{k} {v}" for k, v in report["machine"].items() if v is not None), flush=True)
     rows = []
     for i, name in enumerate(a.shape):
-        print(f"-- {name} ...", flush=True)
-        res = report["shapes"][name] = bench_shape(a, name, dev, dtype, with_vision=i == 0)
-        c = res["config"]
-        print(f"   LM {c['lm_params'] / 1e6:.0f}M params ({c['layers']} layers, hidden {c['hidden']}, {c['heads']}/{c['kv_heads']} heads, "
-              f"{'tied' if c['tied'] else 'untied'}), {c['bytes_per_token'] / 1e9:.2f} GB read per token; vision depth "
-              f"{c['vision_depth']} width {c['vision_width']}; setup {c['setup_s']:.0f}s", flush=True)
-        rows += targets(name, res)
-    report["targets"] = [dict(zip(("shape", "measure", "ours", "reference", "ratio", "target", "pass"), r)) for r in rows]
-    report["runtime_s"] = time.perf_counter() - t0
-    fmt = lambda x: f"{x:.4g}" if isinstance(x, float) else str(x)
-    print(f"\n{'shape':<10} {'measure':<58} {'ours':>9} {'ref':>9} {'ratio':>7}  {'target':<20} result")
+        print(f"-- {name}", flush=True)
+        report["shapes"][name] = bench_shape(a, name, dev, dtype, with_vision=i == 0)
+        rows += targets(name, report["shapes"][name])
+        report["targets"] = [dict(zip(("shape", "measure", "ours", "reference", "ratio", "target", "pass"), r)) for r in rows]
+        report["runtime_s"] = time.perf_counter() - t0
+        with open(a.json, "w") as f:  # after every shape: a long run that dies late keeps what it measured
+            json.dump(report, f, indent=1)
+    print(f"\n{'shape':<10} {'measure':<62} {'ours':>8} {'ref':>8} {'ratio':>6}  {'target':<16} result")
     for shape, what, ours, ref, ratio, target, ok in rows:
-        print(f"{shape:<10} {what:<58} {fmt(ours):>9} {fmt(ref):>9} {ratio:>6.2f}x  {target:<20} "
-              f"{'' if ok is None else 'PASS' if ok else 'MISS'}")
-    print(f"\n{sum(r[-1] is True for r in rows)} PASS, {sum(r[-1] is False for r in rows)} MISS; "
-          f"runtime {report['runtime_s']:.0f}s; median of {a.runs} interleaved runs after a warm-up")
-    with open(a.json, "w") as f:
-        json.dump(report, f, indent=1)
+        result = "" if ok is None else "PASS" if ok else "MISS"
+        print(f"{shape:<10} {what:<62} {ours:>8.4g} {ref:>8.4g} {ratio:>5.2f}x  {target:<16} {result}")
+    print(f"\n{sum(r[-1] is True for r in rows)} PASS, {sum(r[-1] is False for r in rows)} MISS; runtime "
+          f"{report['runtime_s']:.0f}s; medians of {a.runs} interleaved runs after a warm-up; JSON: {a.json}")
     return 0
 
 
