@@ -5,7 +5,6 @@ Shapes: N = vision patches, M = N/4 merged video tokens, S = tokens in a forward
 D = LLM hidden, H / Hkv = query / key-value heads, d = head dim. Spec: ../shared/spec/qwen25vl.md (section numbers below).
 """
 import json
-import math
 import os
 from dataclasses import dataclass
 
@@ -119,7 +118,7 @@ class RMSNorm(nn.Module):
         return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
 
 
-class MLP(nn.Module):  # SwiGLU; bias in the vision tower, none in the decoder
+class MLP(nn.Module):  # SwiGLU with bias (vision tower; the decoder packs its MLP, see DecoderLayer)
     def __init__(self, dim, hidden, bias):
         super().__init__()
         self.gate_proj = nn.Linear(dim, hidden, bias=bias)
