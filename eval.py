@@ -195,8 +195,7 @@ def append(fd, rec):
 
 def settings(a, mode, dtype):
     """Everything that changes a record's numbers, stored with it; a resume must match it. --prune-ratio is Lite's."""
-    s = R.Settings(**{f.name: getattr(a, f.name) for f in fields(R.Settings) if f.name not in ("mode", "prune_ratio")},
-                   mode=mode, prune_ratio=a.prune_ratio if mode == "lite" else 0.0)
+    s = R.Settings.from_args(a, mode=mode, prune_ratio=a.prune_ratio if mode == "lite" else 0.0)
     video = {k: getattr(a, k) for k in ("fps", "nframes", "max_frames", "min_pixels", "max_pixels", "total_pixels")}
     return {**asdict(s), **video, "system": a.system, "model": a.model, "dtype": str(dtype).replace("torch.", "")}
 

@@ -48,6 +48,10 @@ class Settings:
         if self.prune_ratio is None:
             self.prune_ratio = 0.5 if self.mode == "lite" else 0.0
 
+    @classmethod
+    def from_args(cls, a, **override):  # from parsed CLI flags (vreason.py or eval.py), then the overrides
+        return cls(**{**{f.name: getattr(a, f.name) for f in fields(cls) if hasattr(a, f.name)}, **override})
+
 
 @dataclass
 class Prepared:
@@ -181,9 +185,9 @@ def prune(cache, lo, hi, ratio, policy):
     n = hi - lo
     keep = n - math.floor(ratio * n)
     score = lambda Vl: Vl[:, lo:hi].float().norm(dim=-1).mean(0)  # [N]
-    last = score(cache.v[-1])
+    last = score(cache.v[-1]) if policy == "last-layer" else None
     for K, Vl in zip(cache.k, cache.v):
-        idx = lo + (last if policy == "last-layer" else score(Vl)).topk(keep).indices.sort().values
+        idx = lo + (last if last is not None else score(Vl)).topk(keep).indices.sort().values
         for X in (K, Vl):
             tail = X[:, hi : cache.length].clone()
             X[:, lo : lo + keep] = X[:, idx]
@@ -222,28 +226,32 @@ def generate(model, prep, s, stop_ids, info=None):
     pos = prep.pos[:, -1:]  # position of the row whose logits we hold; carried explicitly, never the cache length
     nxt = int(prep.pos.max()) + 1
     seen, switch = prep.ids.clone(), Switch(s.beta, s.objective)
-    for t in range(s.max_new_tokens):
-        H = float(entropy(logits))
-        alpha = switch(H)
-        step = Step(0, H, switch.ema, switch.peak, alpha)
-        if ctrl is not None and s.steps > 0 and t % s.update_every == 0:
-            t0 = time.perf_counter()
-            step.loss, step.entropy_before, step.updated = ctrl.update(model, cache, h_in, pos, alpha), H, True
-            if s.redecode:
-                with torch.no_grad():
-                    logits = ctrl.logits(model, cache, h_in, pos)
-                step.entropy = float(entropy(logits))
-            sync(model)
-            step.opt_s = time.perf_counter() - t0
-            info.update(updates=info["updates"] + 1, dv_ratio=ctrl.ratio())
-        step.token = choose(logits, s, seen, gen)
-        yield step
-        if step.token in stop_ids or t == s.max_new_tokens - 1:
-            return
-        seen = torch.cat([seen, seen.new_tensor([step.token])])
-        pos = torch.full((3, 1), nxt + t, device=dev)
-        with torch.no_grad():
-            logits, h_in = model(model.embed(seen[-1:]), pos, cache)
+    try:
+        for t in range(s.max_new_tokens):
+            H = float(entropy(logits))
+            alpha = switch(H)
+            step = Step(0, H, switch.ema, switch.peak, alpha)
+            if ctrl is not None and s.steps > 0 and t % s.update_every == 0:
+                t0 = time.perf_counter()
+                step.loss, step.entropy_before, step.updated = ctrl.update(model, cache, h_in, pos, alpha), H, True
+                if s.redecode:
+                    with torch.no_grad():
+                        logits = ctrl.logits(model, cache, h_in, pos)
+                    step.entropy = float(entropy(logits))
+                sync(model)
+                step.opt_s = time.perf_counter() - t0
+                info["updates"] += 1
+            step.token = choose(logits, s, seen, gen)
+            yield step
+            if step.token in stop_ids or t == s.max_new_tokens - 1:
+                return
+            seen = torch.cat([seen, seen.new_tensor([step.token])])
+            pos = torch.full((3, 1), nxt + t, device=dev)
+            with torch.no_grad():
+                logits, h_in = model(model.embed(seen[-1:]), pos, cache)
+    finally:  # once, however the run ends (stop token, length, or the caller dropping the iterator)
+        if ctrl is not None:
+            info["dv_ratio"] = ctrl.ratio()
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -517,7 +525,7 @@ def run(a):
     model = M.load_model(model_dir, dev, dtype, None if a.device_map == "none" else a.device_map)
     t_load = time.perf_counter() - t0
     stop_ids = {tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")} - {None}
-    s = Settings(**{f.name: getattr(a, f.name) for f in fields(Settings)})
+    s = Settings.from_args(a)
     prep = prepare(model, tok, video, a.q, a.system)
     vm = video.meta
     say(f"-- prompt {len(prep.ids)} tokens, video {video.n_tokens} tokens ({len(vm['frame_indices'])} frames "
