@@ -377,10 +377,11 @@ class Qwen25VL(nn.Module):
     def devices(self):  # every device the model uses
         return sorted({self.visual.merger.ln_q.weight.device, self.lm_head.device, *self.layer_devices()}, key=str)
 
-    def forward(self, h, pos, cache):
+    def forward(self, h, pos, cache, finish=True):
         """Run all layers on S new rows h [S, D] at positions pos [3, S], appending their K/V to the cache.
         Prefill (S > 1) needs an empty cache. Returns the logits of the last row [vocab] (fp32) and that row's input
-        to the last layer [1, D], which the V-Reason controller recomputes the last layer from."""
+        to the last layer [1, D], which the V-Reason controller recomputes the last layer from. finish=False stops
+        once the last layer's K/V are cached and returns no logits: the controller finishes that layer itself."""
         S, start = h.shape[0], cache.length
         assert S == 1 or start == 0, "multi-token forwards run on an empty cache only"
         cos, sin = self.rope(pos, h.dtype)
@@ -395,9 +396,11 @@ class Qwen25VL(nn.Module):
             # attention over the cache; only the last row matters after the last layer, so skip the others there
             if i == self.c.n_layers - 1:
                 h, q = h[-1:], q[:, -1:]
+                if not finish:
+                    break
             h = layer.finish(h, q, cache.k[i][:, : start + S], cache.v[i][:, : start + S])
         cache.length = start + S
-        return self.logits(h)[0], h_last_in
+        return (self.logits(h)[0] if finish else None), h_last_in
 
     def last_layer(self, h_in, pos, K, V):
         """Recompute the last layer for one position from its input h_in [1, D] over the given K/V [Hkv, T, d]

@@ -125,7 +125,7 @@ class Controller:
         self.v0_norm = self.v0.norm(dim=-1, keepdim=True)  # [Hkv, Nv, 1]
         shape = self.v0.shape if s.controller == "per-token" else (self.v0.shape[0], 1, self.v0.shape[2])
         self.dv = torch.zeros(shape, device=self.v0.device, dtype=self.v0.dtype, requires_grad=True)
-        self.opt = torch.optim.Adam([self.dv], lr=s.lr)
+        self.m, self.m2, self.n = torch.zeros_like(self.dv), torch.zeros_like(self.dv), 0  # Adam's moments and step count
 
     def rows(self):  # [Hkv, Nv, d] fp32, differentiable in dv
         x = self.v0 + self.dv
@@ -137,14 +137,25 @@ class Controller:
         Vn = torch.cat([Vc[:, : self.lo], self.rows().to(Vc.dtype), Vc[:, self.hi :]], 1)
         return model.last_layer(h_in, pos, K, Vn)
 
-    def update(self, model, cache, h_in, pos, alpha):
-        """`steps` Adam steps on the switching loss, then write the new rows into the cache. Returns the first loss."""
+    def adam(self, b1=0.9, b2=0.999, eps=1e-8):
+        """One step of torch.optim.Adam (default betas and eps), its arithmetic written out for our single tensor: the
+        same numbers (a test compares), without importing torch.optim, which pulls in torch._dynamo (~70 MB, ~1.4 s)."""
+        g, self.n = self.dv.grad, self.n + 1
+        self.m.lerp_(g, 1 - b1)
+        self.m2.mul_(b2).addcmul_(g, g, value=1 - b2)
+        with torch.no_grad():
+            self.dv.addcdiv_(self.m, (self.m2.sqrt() / (1 - b2**self.n) ** 0.5).add_(eps), value=-self.s.lr / (1 - b1**self.n))
+        self.dv.grad = None
+
+    def update(self, model, cache, h_in, pos, alpha, logits=None):
+        """`steps` Adam steps on the switching loss, then write the new rows into the cache. Returns the first loss.
+        `logits`, if given, is this step's own forward through self.logits (graph attached): the first step reuses it."""
         losses = []
-        for _ in range(self.s.steps):
-            loss = alpha * kl_to_uniform(self.logits(model, cache, h_in, pos), self.s.kl)
-            self.opt.zero_grad(set_to_none=True)
+        for i in range(self.s.steps):
+            z = logits if i == 0 and logits is not None else self.logits(model, cache, h_in, pos)
+            loss = alpha * kl_to_uniform(z, self.s.kl)
             loss.backward()  # into dv only: weights are frozen, h_in and the cache carry no graph
-            self.opt.step()
+            self.adam()
             losses.append(float(loss.detach()))
         with torch.no_grad():
             cache.v[-1][:, self.lo : self.hi] = self.rows().to(cache.v[-1].dtype)
@@ -226,14 +237,17 @@ def generate(model, prep, s, stop_ids, info=None):
     pos = prep.pos[:, -1:]  # position of the row whose logits we hold; carried explicitly, never the cache length
     nxt = int(prep.pos.max()) + 1
     seen, switch = prep.ids.clone(), Switch(s.beta, s.objective)
+    due = lambda t: ctrl is not None and s.steps > 0 and t % s.update_every == 0  # an update at step t
     try:
         for t in range(s.max_new_tokens):
-            H = float(entropy(logits))
+            H = float(entropy(logits.detach()))
             alpha = switch(H)
             step = Step(0, H, switch.ema, switch.peak, alpha)
-            if ctrl is not None and s.steps > 0 and t % s.update_every == 0:
-                t0 = time.perf_counter()
-                step.loss, step.entropy_before, step.updated = ctrl.update(model, cache, h_in, pos, alpha), H, True
+            if due(t):
+                t0 = time.perf_counter()  # (the update's first forward, when shared with the decode step, is not counted)
+                graph = logits if logits.requires_grad else None
+                step.loss, step.entropy_before, step.updated = ctrl.update(model, cache, h_in, pos, alpha, graph), H, True
+                logits = logits.detach()
                 if s.redecode:
                     with torch.no_grad():
                         logits = ctrl.logits(model, cache, h_in, pos)
@@ -248,7 +262,9 @@ def generate(model, prep, s, stop_ids, info=None):
             seen = torch.cat([seen, seen.new_tensor([step.token])])
             pos = torch.full((3, 1), nxt + t, device=dev)
             with torch.no_grad():
-                logits, h_in = model(model.embed(seen[-1:]), pos, cache)
+                logits, h_in = model(model.embed(seen[-1:]), pos, cache, finish=not due(t + 1))
+            if logits is None:  # an update is due: its first forward (the last layer through the controller's
+                logits = ctrl.logits(model, cache, h_in, pos)  # rows, with grad) gives this step's logits too
     finally:  # once, however the run ends (stop token, length, or the caller dropping the iterator)
         if ctrl is not None:
             info["dv_ratio"] = ctrl.ratio()
