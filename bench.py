@@ -129,9 +129,9 @@ def prepared(model, grid, dev):
 
 # ----------------------------------------------------------------------------- one measurement each
 
-def ours_decode(model, prep, n, mode="baseline", k=2):  # -> time stamp of every generated token, the steps
+def ours_decode(model, prep, n, **settings):  # -> time stamp of every generated token, the steps
     ts, steps = [], []
-    for st in R.generate(model, prep, R.Settings(mode=mode, max_new_tokens=n, update_every=k), set(), {}):
+    for st in R.generate(model, prep, R.Settings(max_new_tokens=n, **settings), set(), {}):
         ts.append(time.perf_counter())  # choose() has read the token back: the device is synchronized
         steps.append(st)
     return ts, steps
@@ -227,15 +227,23 @@ def measure_memory(a, path, grid, mode):
 
 # ----------------------------------------------------------------------------- one shape
 
+# V-Reason runs measured against our baseline: (key, label, settings). "prune" is Lite's pruning alone (no controller).
+MODES = (("vreason_k1", "V-Reason k=1", dict(mode="vreason", update_every=1)),
+         ("vreason_k2", "V-Reason k=2", dict(mode="vreason", update_every=2)),
+         ("lite", "Lite k=2", dict(mode="lite", update_every=2)),
+         ("prune", "Lite pruning only", dict(mode="lite", steps=0)))
+
+
 def bench_shape(a, name, dev, dtype, with_vision):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     res, grid, vgrid, t0 = {}, tuple(a.video_grid), tuple(a.vision_grid), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as path:
         write_checkpoint(name, path, dev, dtype, a.init_std)
-        ours = M.load_model(path, dev, dtype)
-        hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, torch_dtype=dtype, attn_implementation="sdpa")
-        hf = hf.to(dev).eval()
+        ours, hf = M.load_model(path, dev, dtype), None
+        if not a.ours_only:
+            hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, torch_dtype=dtype, attn_implementation="sdpa")
+            hf = hf.to(dev).eval()
         c, esize = ours.c, ours.llm.norm.weight.element_size()
         head_b = c.vocab_size * c.hidden_size * esize  # whatever layout model.py keeps it in
         layers_b = sum(p.numel() * p.element_size() for p in [*ours.llm.layers.parameters(), ours.llm.norm.weight])
@@ -251,37 +259,42 @@ def bench_shape(a, name, dev, dtype, with_vision):
         prep = prepared(ours, grid, dev)
         ids, px = make_input(grid, dev)
 
-        if with_vision:  # 1. vision encoder
+        if with_vision and hf is not None:  # 1. vision encoder
             vpx = make_input(vgrid, dev, seed=1)[1]
             f_ours = lambda: ours.visual(vpx, [vgrid])
             f_hf = lambda: hf.visual(vpx.to(dtype), grid_thw=torch.tensor([vgrid], device=dev))
             with torch.no_grad():
                 r = rounds(a, lambda: (f_ours(), f_hf()), lambda: {"ours": timed(dev, f_ours), "theirs": timed(dev, f_hf)})
-                diff = float((f_ours() - f_hf()).abs().max() / f_hf().abs().max())
+                mine, theirs = f_ours(), f_hf()
+                diff = float((mine - theirs).abs().max() / theirs.abs().max())
             res["vision"] = dict(grid=vgrid, ours_s=med(r["ours"]), theirs_s=med(r["theirs"]), rel_diff=diff, runs=r)
             log(t0, f"vision {vgrid}: ours {med(r['ours']):.3f}s, hf {med(r['theirs']):.3f}s (rel diff {diff:.1e})")
 
         # 2. prefill (video + prompt)
-        f_ours, f_hf = lambda: ours_prefill(ours, prep, a.new_tokens), lambda: theirs_prefill(hf, prep)
-        r = rounds(a, lambda: (f_ours(), f_hf()), lambda: {"ours": timed(dev, f_ours), "theirs": timed(dev, f_hf)})
-        lo, lt = f_ours(), f_hf().float()
-        res["prefill"] = dict(prompt_tokens=len(ids), video_tokens=prep.video.n_tokens, ours_s=med(r["ours"]),
-                              theirs_s=med(r["theirs"]), logits_rel_diff=float((lo - lt).abs().max() / lt.abs().max()), runs=r)
-        log(t0, f"prefill {len(ids)} tokens: ours {med(r['ours']):.3f}s, hf {med(r['theirs']):.3f}s")
+        res["prefill"] = dict(prompt_tokens=len(ids), video_tokens=prep.video.n_tokens)
+        if hf is not None:
+            f_ours, f_hf = lambda: ours_prefill(ours, prep, a.new_tokens), lambda: theirs_prefill(hf, prep)
+            r = rounds(a, lambda: (f_ours(), f_hf()), lambda: {"ours": timed(dev, f_ours), "theirs": timed(dev, f_hf)})
+            lo, lt = f_ours(), f_hf().float()
+            res["prefill"].update(ours_s=med(r["ours"]), theirs_s=med(r["theirs"]), runs=r,
+                                  logits_rel_diff=float((lo - lt).abs().max() / lt.abs().max()))
+            log(t0, f"prefill {len(ids)} tokens: ours {med(r['ours']):.3f}s, hf {med(r['theirs']):.3f}s")
 
-        # 3, 4, 6. decode, interleaved: memory bandwidth, ours, transformers, V-Reason k=1 / k=2, Lite
+        # 3, 4, 6. decode, interleaved: memory bandwidth, ours, transformers, then V-Reason / Lite / pruning alone
         side = int((a.bw_mib * 2**20 / 4) ** 0.5)
         W, x = torch.ones(side, side, device=dev), torch.ones(side, device=dev)
-        toks, modes = {}, (("vreason_k1", "vreason", 1), ("vreason_k2", "vreason", 2), ("lite", "lite", 2))
+        toks = {}
 
         def body(n=a.new_tokens, nv=a.vr_tokens + 1):  # V-Reason runs: vr_tokens intervals, every k-th one updates
             row = {"bandwidth": bandwidth(W, x, dev)}
             ts, steps = ours_decode(ours, prep, n)
-            tt, toks["theirs"] = theirs_decode(hf, ids, px, grid, n, c.vocab_size)
             toks["ours"] = [s.token for s in steps]
-            row.update(ours=per_token(ts), theirs=per_token(tt), ours_window=per_token(ts, nv), n_ours=len(ts), n_theirs=len(tt))
-            for key, mode, k in modes:
-                ts, steps = ours_decode(ours, prep, nv, mode, k)
+            row.update(ours=per_token(ts), ours_window=per_token(ts, nv), n_ours=len(ts))
+            if hf is not None:
+                tt, toks["theirs"] = theirs_decode(hf, ids, px, grid, n, c.vocab_size)
+                row.update(theirs=per_token(tt), n_theirs=len(tt))
+            for key, _, settings in MODES:
+                ts, steps = ours_decode(ours, prep, nv, **settings)
                 row.update({key: per_token(ts), key + "_opt_share": sum(s.opt_s for s in steps[1:]) / (ts[-1] - ts[0]),
                             key + "_updates": sum(s.updated for s in steps[1:])})
             return row
@@ -289,20 +302,25 @@ def bench_shape(a, name, dev, dtype, with_vision):
         r = rounds(a, lambda: body(4, 4), body)
         bw = med(r["bandwidth"])
         floor = (layers_b + head_b) / bw
-        mismatch = [i for i, (p, q) in enumerate(zip(toks["ours"], toks["theirs"])) if p != q]
-        res["decode"] = dict(new_tokens=a.new_tokens, tokens_ours=r["n_ours"][-1], tokens_theirs=r["n_theirs"][-1],
-                             tokens_match=toks["ours"] == toks["theirs"], first_mismatch=(mismatch or [None])[0],
-                             bandwidth_GBps=bw / 1e9, floor_s=floor, ours_s=med(r["ours"]), theirs_s=med(r["theirs"]),
-                             ours_x_floor=med(r["ours"]) / floor, theirs_x_floor=med(r["theirs"]) / floor, runs=r)
+        res["decode"] = dict(new_tokens=a.new_tokens, tokens_ours=r["n_ours"][-1], bandwidth_GBps=bw / 1e9, floor_s=floor,
+                             ours_s=med(r["ours"]), ours_x_floor=med(r["ours"]) / floor, runs=r)
+        if hf is not None:
+            mismatch = [i for i, (p, q) in enumerate(zip(toks["ours"], toks["theirs"])) if p != q]
+            res["decode"].update(tokens_theirs=r["n_theirs"][-1], tokens_match=toks["ours"] == toks["theirs"],
+                                 first_mismatch=(mismatch or [None])[0], theirs_s=med(r["theirs"]),
+                                 theirs_x_floor=med(r["theirs"]) / floor)
         base = med(r["ours_window"])
-        # bound: an exact update reads the last layer and the LM head at least twice (backward, then the redecode)
+        # bound: an exact update reads the last layer and the LM head at least twice more (backward, then the redecode);
+        # at the measured bandwidth that adds 2 * last_b / bw seconds every k-th token to our measured baseline
         res["vreason"] = {key: dict(s_per_token=med(r[key]), x_baseline=med(r[key]) / base, opt_share=med(r[key + "_opt_share"]),
-                                    updates=r[key + "_updates"][-1], bound_x_baseline=1 + 2 * last_b / k / (layers_b + head_b))
-                          for key, _, k in modes}
+                                    updates=r[key + "_updates"][-1],
+                                    bound_x_baseline=1 + (2 * last_b / bw / st.get("update_every", 2) / base
+                                                          if st.get("steps") != 0 else 0))
+                          for key, _, st in MODES}
         res["vreason"].update(new_tokens=a.vr_tokens + 1, baseline_s_per_token=base)
-        log(t0, f"decode: ours {1 / med(r['ours']):.2f} tok/s, hf {1 / med(r['theirs']):.2f} tok/s, {bw / 1e9:.1f} GB/s, "
-                f"same tokens {res['decode']['tokens_match']}; V-Reason k=1 / k=2 / Lite: "
-                + " / ".join(f"{res['vreason'][k]['x_baseline']:.2f}x" for k, _, _ in modes) + " baseline")
+        log(t0, f"decode: ours {1 / med(r['ours']):.2f} tok/s" + (f", hf {1 / med(r['theirs']):.2f} tok/s, same tokens "
+                f"{res['decode']['tokens_match']}" if hf is not None else "") + f", {bw / 1e9:.1f} GB/s; "
+                + ", ".join(f"{label} {res['vreason'][k]['x_baseline']:.2f}x" for k, label, _ in MODES) + " baseline")
         del ours, hf, prep, W, x
         gc.collect()
 
@@ -321,17 +339,21 @@ def targets(name, res):
     rows = []
     for key, what in (("vision", "vision encoder %s" % (tuple(res.get("vision", {}).get("grid", ())),)),
                       ("prefill", f"prefill {p['prompt_tokens']} tokens")):
-        if key in res:
+        if "ours_s" in res.get(key, {}):
             x = res[key]
             rows.append((f"{what}: s (ours | hf)", x["ours_s"], x["theirs_s"], x["theirs_s"] / x["ours_s"], (">=", 1.0, "hf")))
-    rows.append((f"decode tok/s (ours | hf); {d['new_tokens']} tokens, same: {'yes' if d['tokens_match'] else 'no'}",
-                 1 / d["ours_s"], 1 / d["theirs_s"], d["theirs_s"] / d["ours_s"], (">=", 1.1 if big else 1.6, "hf")))
-    rows.append((f"decode ms/token (ours | floor); hf {d['theirs_x_floor']:.2f}x floor", 1e3 * d["ours_s"],
-                 1e3 * d["floor_s"], d["ours_x_floor"], ("<=", 1.1 if big else 1.4, "floor")))
-    for key, label, limit in (("vreason_k1", "V-Reason k=1", None), ("vreason_k2", "V-Reason k=2", 1.25), ("lite", "Lite", 1.0)):
+    if "theirs_s" in d:
+        rows.append((f"decode tok/s (ours | hf); {d['new_tokens']} tokens, same: {'yes' if d['tokens_match'] else 'no'}",
+                     1 / d["ours_s"], 1 / d["theirs_s"], d["theirs_s"] / d["ours_s"], (">=", 1.1 if big else 1.6, "hf")))
+    hf_floor = f"; hf {d['theirs_x_floor']:.2f}x floor" if "theirs_s" in d else ""
+    rows.append((f"decode ms/token (ours | floor){hf_floor}", 1e3 * d["ours_s"], 1e3 * d["floor_s"], d["ours_x_floor"],
+                 ("<=", 1.1 if big else 1.4, "floor")))
+    limits = {"vreason_k2": ("<=", 1.25, "base"), "prune": ("<=", 1.0, "base")}
+    for key, label, _ in MODES:
         x = v[key]
-        rows.append((f"{label} ms/token (it | base); opt {x['opt_share']:.0%}, bound {x['bound_x_baseline']:.2f}x",
-                     1e3 * x["s_per_token"], 1e3 * v["baseline_s_per_token"], x["x_baseline"], limit and ("<=", limit, "base")))
+        bound = f", bound {x['bound_x_baseline']:.2f}x" if x["updates"] else ""
+        rows.append((f"{label} ms/token (it | base); opt {x['opt_share']:.0%}{bound}",
+                     1e3 * x["s_per_token"], 1e3 * v["baseline_s_per_token"], x["x_baseline"], limits.get(key)))
     for mode, limit in (("vreason", 1.05), ("lite", None)):
         it, base = m[mode]["peak_bytes"], m["baseline"]["peak_bytes"]
         rows.append((f"peak memory {mode} GiB (it | baseline)", it / 2**30, base / 2**30, it / base, limit and ("<=", limit, "base")))
@@ -375,6 +397,8 @@ def parse_args(argv):
     p.add_argument("--bw-mib", type=int, default=1024, help="size of the mat-vec that measures memory bandwidth")
     p.add_argument("--init-std", type=float, default=0.02)
     p.add_argument("--json", default="bench.json")
+    p.add_argument("--ours-only", action="store_true",
+                   help="skip transformers (vision, prefill, its decode): for shapes that fit in memory only once")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, 1 run: checks the script, not the speed")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
