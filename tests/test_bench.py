@@ -21,6 +21,7 @@ def test_smoke_writes_every_section(tmp_path):
         d = s["decode"]
         assert d["tokens_ours"] == d["tokens_theirs"] == d["new_tokens"]  # no early EOS on either side
         assert d["bandwidth_GBps"] > 0 and d["floor_s"] > 0 and d["ours_x_floor"] > 0 and d["theirs_x_floor"] > 0
+        assert d["matvecs_s"] > 0 and d["ours_x_matvecs"] > 0
         assert isinstance(d["tokens_match"], bool)
         assert {"vreason_k1", "vreason_k2", "lite", "prune"} <= set(s["vreason"])
         assert all(0 <= s["vreason"][k]["opt_share"] <= 1 for k in ("vreason_k1", "vreason_k2", "lite"))
