@@ -346,7 +346,7 @@ def bench_shape(a, name, dev, dtype, with_vision):
         log(t0, f"decode: ours {1 / med(r['ours']):.2f} tok/s" + (f", hf {1 / med(r['theirs']):.2f} tok/s, same tokens "
                 f"{res['decode']['tokens_match']}" if hf is not None else "") + f", {bw / 1e9:.1f} GB/s; "
                 + ", ".join(f"{label} {res['vreason'][k]['x_baseline']:.2f}x" for k, label, _ in MODES) + " baseline")
-        del ours, hf, prep, W, x
+        ours = hf = prep = W = x = None  # free before the memory children load their own copy
         gc.collect()
 
         # 5. peak memory, each configuration in a fresh process
