@@ -389,7 +389,9 @@ def test_ctrl_c_leaves_no_file(model_dir, clip, tmp_path):  # noqa: F811
     p = subprocess.Popen([sys.executable, "-u", os.path.join(ROOT, "vreason.py"), "--video", clip, "--q", "x", "--model", model_dir,
                           "--mode", "vreason", "--max-new-tokens", "100000", "--min-pixels", "3136", "--max-pixels", "12544",
                           "--json", str(outs[0]), "--trace", str(outs[1]), "--plot", str(outs[2])],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         # a shell's background job inherits SIGINT ignored, and so would the CLI: be a terminal's Ctrl-C
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     p.stdout.readline()  # the stats header: generation starts now
     time.sleep(1.5)
     p.send_signal(signal.SIGINT)
