@@ -102,19 +102,6 @@ def timed(dev, fn):
     return time.perf_counter() - t
 
 
-def memory(dev, key, reset=False):
-    """CPU: VmRSS (now) or VmHWM (peak since the last reset; writing 5 to clear_refs resets it). CUDA: allocated."""
-    if dev.type == "cuda":
-        if reset:
-            torch.cuda.reset_peak_memory_stats(dev)
-        return (torch.cuda.memory_allocated if key == "VmRSS" else torch.cuda.max_memory_allocated)(dev)
-    if reset:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
-
-
 def make_input(grid, dev, seed=0):  # chat-shaped prompt ids around one video block, random normalized patches
     t, h, w = grid
     px = torch.randn(t * h * w, 1176, generator=torch.Generator().manual_seed(seed)).to(dev)
@@ -205,10 +192,10 @@ def matvecs(model, dev, reps=3):
         return med(timed(dev, step) for _ in range(reps))
 
 
-def paired(r, num, den):
+def paired(num, den):
     """Median over rounds of the ratio within each round: the machine's speed drifts between rounds (this VM's
     bandwidth moved 17-24 GB/s in one run), and both sides of a ratio were measured back to back in the same round."""
-    return med(n / d for n, d in zip(num if isinstance(num, list) else r[num], den if isinstance(den, list) else r[den]))
+    return med(n / d for n, d in zip(num, den))
 
 
 def rounds(a, warm, body):  # warm() once, then body() --runs times: {key: [value per run]}
@@ -232,11 +219,12 @@ def memory_child(spec):
     model = M.load_model(spec["dir"], dev, dtype)
     prep = prepared(model, tuple(spec["grid"]), dev)
     gc.collect()
-    before, info = memory(dev, "VmRSS", reset=True), {}
+    R.reset_peak_memory(model)
+    before, info = R.peak_memory_bytes(model), {}  # right after a reset the peak is what is in use now
     for _ in R.generate(model, prep, R.Settings(mode=spec["mode"], max_new_tokens=spec["n"]), set(), info):
         pass
-    sync(dev)
-    print(json.dumps({"peak_bytes": memory(dev, "VmHWM"), "before_bytes": before, **info}))
+    R.sync(model)
+    print(json.dumps({"peak_bytes": R.peak_memory_bytes(model), "before_bytes": before, **info}))
 
 
 def measure_memory(a, path, grid, mode):
@@ -291,7 +279,7 @@ def bench_shape(a, name, dev, dtype, with_vision):
                 mine, theirs = f_ours(), f_hf()
                 diff = float((mine - theirs).abs().max() / theirs.abs().max())
             res["vision"] = dict(grid=vgrid, ours_s=med(r["ours"]), theirs_s=med(r["theirs"]),
-                                 speedup=paired(r, "theirs", "ours"), rel_diff=diff, runs=r)
+                                 speedup=paired(r["theirs"], r["ours"]), rel_diff=diff, runs=r)
             log(t0, f"vision {vgrid}: ours {med(r['ours']):.3f}s, hf {med(r['theirs']):.3f}s (rel diff {diff:.1e})")
 
         # 2. prefill (video + prompt)
@@ -300,7 +288,8 @@ def bench_shape(a, name, dev, dtype, with_vision):
             f_ours, f_hf = lambda: ours_prefill(ours, prep, a.new_tokens), lambda: theirs_prefill(hf, prep)
             r = rounds(a, lambda: (f_ours(), f_hf()), lambda: {"ours": timed(dev, f_ours), "theirs": timed(dev, f_hf)})
             lo, lt = f_ours(), f_hf().float()
-            res["prefill"].update(ours_s=med(r["ours"]), theirs_s=med(r["theirs"]), speedup=paired(r, "theirs", "ours"), runs=r,
+            res["prefill"].update(ours_s=med(r["ours"]), theirs_s=med(r["theirs"]), runs=r,
+                                  speedup=paired(r["theirs"], r["ours"]),
                                   logits_rel_diff=float((lo - lt).abs().max() / lt.abs().max()))
             log(t0, f"prefill {len(ids)} tokens: ours {med(r['ours']):.3f}s, hf {med(r['theirs']):.3f}s")
 
@@ -327,18 +316,18 @@ def bench_shape(a, name, dev, dtype, with_vision):
         bw = med(r["bandwidth"])
         floor, floors = (layers_b + head_b) / bw, [(layers_b + head_b) / b for b in r["bandwidth"]]
         res["decode"] = dict(new_tokens=a.new_tokens, tokens_ours=r["n_ours"][-1], bandwidth_GBps=bw / 1e9, floor_s=floor,
-                             ours_s=med(r["ours"]), ours_x_floor=paired(r, "ours", floors), matvecs_s=med(r["matvecs"]),
-                             matvecs_x_floor=paired(r, "matvecs", floors), ours_x_matvecs=paired(r, "ours", "matvecs"), runs=r)
+                             ours_s=med(r["ours"]), ours_x_floor=paired(r["ours"], floors), matvecs_s=med(r["matvecs"]),
+                             matvecs_x_floor=paired(r["matvecs"], floors), ours_x_matvecs=paired(r["ours"], r["matvecs"]), runs=r)
         if hf is not None:
             mismatch = [i for i, (p, q) in enumerate(zip(toks["ours"], toks["theirs"])) if p != q]
             res["decode"].update(tokens_theirs=r["n_theirs"][-1], tokens_match=toks["ours"] == toks["theirs"],
                                  first_mismatch=(mismatch or [None])[0], theirs_s=med(r["theirs"]),
-                                 theirs_x_floor=paired(r, "theirs", floors), speedup=paired(r, "theirs", "ours"))
+                                 theirs_x_floor=paired(r["theirs"], floors), speedup=paired(r["theirs"], r["ours"]))
         base = med(r["ours_window"])
         # bound: an exact update reads the last layer and the LM head at least twice more (backward, then the redecode);
         # at the measured bandwidth that adds 2 * last_b / bw seconds every k-th token to our measured baseline
         extra = [2 * last_b / b / w for b, w in zip(r["bandwidth"], r["ours_window"])]  # per round, over the baseline
-        res["vreason"] = {key: dict(s_per_token=med(r[key]), x_baseline=paired(r, key, "ours_window"),
+        res["vreason"] = {key: dict(s_per_token=med(r[key]), x_baseline=paired(r[key], r["ours_window"]),
                                     opt_share=med(r[key + "_opt_share"]), updates=r[key + "_updates"][-1],
                                     bound_x_baseline=1 + (med(extra) / st.get("update_every", 2) if st.get("steps") != 0 else 0))
                           for key, _, st in MODES}
