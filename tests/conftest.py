@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -103,3 +104,21 @@ def hf_model(path):
 
 def rel_diff(a, b):
     return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+# ----------------------------------------------------------------------------- the Qwen3-VL oracle (a venv of its own)
+
+ORACLE3 = os.environ.get("VREASON_ORACLE3") or os.path.join(ROOT, ".venv-oracle3", "bin", "python")
+
+
+def oracle3(script, *args, timeout=900):
+    """Run tests/<script> with the Qwen3-VL oracle's interpreter (transformers 4.57.6, qwen-vl-utils 0.0.14,
+    torchvision; requirements-oracle3.txt) and return its stdout. Qwen2.5-VL's oracle (4.51.3) lives in this venv,
+    so the two cannot share a process. A missing oracle is a failure, never a skip: CI builds it (.ci/run)."""
+    if not os.path.exists(ORACLE3):
+        pytest.fail(f"Qwen3-VL oracle not found at {ORACLE3}: python3 -m venv .venv-oracle3 && "
+                    f".venv-oracle3/bin/pip install -r requirements-oracle3.txt (or set VREASON_ORACLE3)")
+    r = subprocess.run([ORACLE3, os.path.join(ROOT, "tests", script), *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout, env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "tests")})
+    assert r.returncode == 0, f"oracle {script} failed:\n{r.stderr[-4000:]}"
+    return r.stdout
