@@ -25,6 +25,7 @@ import time
 import torch
 
 import model as M
+import qwen25vl as Q25
 import video as V
 import vreason as R
 
@@ -112,8 +113,8 @@ def prepared(model, grid, dev):
     ids, px = make_input(grid, dev)
     with torch.no_grad():
         emb = model.visual(px, [grid])
-    return R.Prepared(ids=torch.tensor(ids, device=dev), pos=M.rope_index(ids, [grid], [1.0], model.c).to(dev),
-                      video_embeds=emb, video=V.Video(px, grid, 1.0, {}), vision_s=0.0)
+    return R.Prepared(ids=torch.tensor(ids, device=dev), pos=Q25.rope_index(ids, [grid], [1.0], model.c).to(dev),
+                      visual=M.Visual(emb), video=V.Video(px, grid, 1.0, {}), vision_s=0.0)
 
 
 # ----------------------------------------------------------------------------- one measurement each
@@ -153,16 +154,16 @@ def theirs_decode(hf, ids, px, grid, n, vocab):
 
 
 def ours_prefill(model, prep, n):  # what generate() does before the first token
-    cache = M.KVCache.empty(model.c, len(prep.ids) + n, prep.ids.device, model.llm.norm.weight.dtype)
+    cache = model.new_cache(len(prep.ids) + n)
     with torch.no_grad():
-        return model(model.embed(prep.ids, prep.video_embeds), prep.pos, cache)[0]
+        return model.prefill(prep.ids, prep.pos, prep.visual, cache)[0]
 
 
 def theirs_prefill(hf, prep):  # what transformers' generate does before the first token, minus the vision encoder
     ids = prep.ids[None]
     with torch.no_grad():
         x = hf.model.embed_tokens(ids)
-        x = x.masked_scatter((ids == VPAD)[..., None].expand_as(x), prep.video_embeds.to(x.dtype))
+        x = x.masked_scatter((ids == VPAD)[..., None].expand_as(x), prep.visual.embeds.to(x.dtype))
         out = hf(inputs_embeds=x, position_ids=prep.pos[:, None], attention_mask=torch.ones_like(ids), use_cache=True)
     return out.logits[0, -1]
 

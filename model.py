@@ -1,107 +1,159 @@
-"""Qwen2.5-VL in plain PyTorch: vision encoder, Qwen2 decoder with M-RoPE, a KV cache we own, and a loader that
-reads the official Hugging Face safetensors directly. Batch size 1 throughout (V-Reason optimizes per sample).
+"""What every model family shares, and the contract between a model and the method.
 
-Shapes: N = vision patches, M = N/4 merged video tokens, S = tokens in a forward, T = cache rows,
-D = LLM hidden, H / Hkv = query / key-value heads, d = head dim. Spec: ../shared/spec/qwen25vl.md (section numbers below).
+V-Reason (vreason.py) talks to a model through `VideoLM` below and nothing else; a family file (qwen25vl.py,
+qwen3vl.py) supplies its config, its vision encoder, its prompt positions and its checkpoint names. Everything else is
+here, written once: config.json reading, norms, rotary, the KV cache we own, the decoder (Qwen2 / Qwen3 layers), the
+vision attention, device placement and the safetensors loader. Batch size 1 throughout (V-Reason optimizes per sample).
+
+Shapes: N = vision patches, M = N/4 merged video tokens, S = tokens in a forward, T = cache rows, D = LLM hidden,
+H / Hkv = query / key-value heads, d = head dim. Specs: ../shared/spec/qwen25vl.md, qwen3vl.md, vreason.md.
 """
+import importlib
 import json
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+FAMILIES = {"qwen2_5_vl": "qwen25vl", "qwen3_vl": "qwen3vl"}  # config.json model_type -> the family's module
 
 
 class ModelError(ValueError):
     """Bad model directory or checkpoint; str() is a one-line message for the user."""
 
 
+# ----------------------------------------------------------------------------- config.json, read and checked once
+
+def read_json(path, what="a JSON object"):
+    """A JSON file that must hold an object; any failure is a one-line ModelError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except OSError as e:
+        raise ModelError(f"cannot read {path}: {e.strerror or e}") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise ModelError(f"{path}: invalid JSON ({getattr(e, 'msg', e)})") from None
+    if not isinstance(raw, dict):
+        raise ModelError(f"{path}: expected {what}, found a JSON {type(raw).__name__}")
+    return raw
+
+
+class Fields:
+    """Typed access to one JSON object of a config file: every error names the file and the key."""
+
+    def __init__(self, d, path, where=""):
+        self.d, self.path, self.where = d, path, where
+
+    def get(self, key, kind=int, default=..., positive=True):
+        if key not in self.d or self.d[key] is None:
+            if default is ...:
+                raise ModelError(f"{self.path}: missing {self.where}{key}")
+            return default
+        v = self.d[key]
+        ok = (isinstance(v, bool) if kind is bool else isinstance(v, str) if kind is str else
+              isinstance(v, int) and not isinstance(v, bool) if kind is int else
+              isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+        if ok and kind in (int, float) and positive and v <= 0:
+            ok = False
+        if not ok:
+            want = {int: "a positive integer" if positive else "an integer", float: "a positive number",
+                    bool: "true or false", str: "a string"}[kind]
+            raise ModelError(f"{self.path}: {self.where}{key} is {v!r}, expected {want}")
+        return float(v) if kind is float else v
+
+    def ints(self, key, n=None):  # a list of non-negative integers (of length n)
+        if key not in self.d:
+            raise ModelError(f"{self.path}: missing {self.where}{key}")
+        v = self.d[key]
+        if not (isinstance(v, list) and (n is None or len(v) == n)
+                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)):
+            raise ModelError(f"{self.path}: {self.where}{key} is {v!r}, expected a list of {f'{n} ' if n else ''}"
+                             f"non-negative integers")
+        return tuple(v)
+
+    def sub(self, key):  # a nested object (absent: an empty one)
+        v = self.d.get(key, {})
+        if not isinstance(v, dict):
+            raise ModelError(f"{self.path}: {self.where}{key} is {type(v).__name__}, expected an object")
+        return Fields(v, self.path, f"{self.where}{key}.")
+
+
 @dataclass
-class Config:
-    # decoder (Qwen2)
+class TextConfig:
+    """The decoder and the special tokens: what the shared code and the method read. A family's config extends it."""
+    model_type: str
     vocab_size: int
     hidden_size: int
     n_layers: int
     n_heads: int
     n_kv_heads: int
+    head_dim: int
     intermediate_size: int
     rms_norm_eps: float
     rope_theta: float
     mrope_section: tuple  # (T, H, W) frequency counts, sum = head_dim / 2
+    rope_axis: tuple  # for each of the head_dim/2 frequencies, the position row (0 T, 1 H, 2 W) it rotates by
+    attn_bias: bool  # Qwen2: q/k/v biases; Qwen3: none
+    qk_norm: bool  # Qwen3: per-head RMSNorm on q and k before the rotary
     tie_word_embeddings: bool
-    # vision encoder
-    v_depth: int
-    v_hidden: int
-    v_heads: int
-    v_intermediate: int
-    v_out: int  # = hidden_size
-    in_chans: int
-    patch_size: int
-    temporal_patch_size: int
-    merge_size: int
-    window_size: int  # pixels
-    fullatt_blocks: tuple
-    tokens_per_second: float
-    # special tokens
+    max_positions: int  # max_position_embeddings: how far the rotary was trained
     image_token_id: int
     video_token_id: int
     vision_start_token_id: int
     torch_dtype: str
 
-    @property
-    def head_dim(self):
-        return self.hidden_size // self.n_heads
+    @staticmethod
+    def fields_from(path, model_type, interleaved):
+        """Read config.json's decoder part (flat, or nested under text_config; rope under rope_scaling or
+        rope_parameters). Every value comes from the file: the transformers class defaults are not the checkpoints."""
+        raw = read_json(path, "a JSON object (a Hugging Face config.json)")
+        if raw.get("model_type") != model_type:
+            raise ModelError(f"{path}: model_type is {raw.get('model_type')!r}, expected {model_type!r}")
+        top = Fields(raw, path)
+        t = Fields({**raw, **top.sub("text_config").d}, path, "text_config." if "text_config" in raw else "")
+        rope = t.sub("rope_scaling") if t.d.get("rope_scaling") else t.sub("rope_parameters")
+        n_heads = t.get("num_attention_heads")
+        hidden = t.get("hidden_size")
+        head_dim = t.get("head_dim", default=hidden // n_heads)
+        section = rope.ints("mrope_section", 3)
+        if 2 * sum(section) != head_dim:
+            raise ModelError(f"{path}: mrope_section {list(section)} does not sum to head_dim/2 = {head_dim // 2}")
+        if t.get("hidden_act", str, "silu") != "silu":
+            raise ModelError(f"{path}: hidden_act {t.d['hidden_act']!r} is not supported (expected 'silu')")
+        theta = rope.get("rope_theta", float, None) or t.get("rope_theta", float)
+        return dict(
+            model_type=model_type, vocab_size=t.get("vocab_size"), hidden_size=hidden, n_layers=t.get("num_hidden_layers"),
+            n_heads=n_heads, n_kv_heads=t.get("num_key_value_heads"), head_dim=head_dim,
+            intermediate_size=t.get("intermediate_size"), rms_norm_eps=t.get("rms_norm_eps", float), rope_theta=theta,
+            mrope_section=section, rope_axis=rope_axis(section, interleaved),
+            attn_bias=t.get("attention_bias", bool, model_type == "qwen2_5_vl"), qk_norm=model_type == "qwen3_vl",
+            # the text config's flag wins where there is one (transformers reads get_text_config().tie_word_embeddings)
+            tie_word_embeddings=t.get("tie_word_embeddings", bool, False),
+            max_positions=t.get("max_position_embeddings", int, 128000),
+            image_token_id=top.get("image_token_id"), video_token_id=top.get("video_token_id"),
+            vision_start_token_id=top.get("vision_start_token_id"),
+            torch_dtype=t.get("torch_dtype", str, None) or top.get("dtype", str, "bfloat16"),
+        ), top
 
-    @classmethod
-    def from_json(cls, path):
-        """Read an official config.json (flat, `rope_scaling`) or a newer nested one (`text_config`,
-        `rope_parameters`). Every value comes from the file: the HF class defaults differ from the checkpoints (§1.2)."""
-        with open(path) as f:
-            raw = json.load(f)
-        if raw.get("model_type") != "qwen2_5_vl":
-            raise ModelError(f"{path}: model_type is {raw.get('model_type')!r}, expected 'qwen2_5_vl' (Qwen2.5-VL)")
-        t = {**raw, **raw.get("text_config", {})}
-        v = raw.get("vision_config", {})
-        rope = t.get("rope_scaling") or t.get("rope_parameters") or {}
-
-        def need(d, key, where):
-            if key not in d:
-                raise ModelError(f"{path}: missing {where}{key}")
-            return d[key]
-
-        for d, where in ((t, ""), (v, "vision_config.")):
-            if d.get("hidden_act", "silu") != "silu":
-                raise ModelError(f"{path}: {where}hidden_act {d['hidden_act']!r} is not supported (expected 'silu')")
-        cfg = cls(
-            vocab_size=need(t, "vocab_size", ""), hidden_size=need(t, "hidden_size", ""),
-            n_layers=need(t, "num_hidden_layers", ""), n_heads=need(t, "num_attention_heads", ""),
-            n_kv_heads=need(t, "num_key_value_heads", ""), intermediate_size=need(t, "intermediate_size", ""),
-            rms_norm_eps=need(t, "rms_norm_eps", ""),
-            rope_theta=t.get("rope_theta", rope.get("rope_theta")) or need(t, "rope_theta", ""),
-            mrope_section=tuple(need(rope, "mrope_section", "rope_scaling.")),
-            tie_word_embeddings=raw.get("tie_word_embeddings", t.get("tie_word_embeddings", False)),
-            v_depth=need(v, "depth", "vision_config."), v_hidden=need(v, "hidden_size", "vision_config."),
-            v_heads=need(v, "num_heads", "vision_config."), v_intermediate=need(v, "intermediate_size", "vision_config."),
-            v_out=need(v, "out_hidden_size", "vision_config."), in_chans=v.get("in_chans", v.get("in_channels", 3)),
-            patch_size=need(v, "patch_size", "vision_config."),
-            temporal_patch_size=need(v, "temporal_patch_size", "vision_config."),
-            merge_size=need(v, "spatial_merge_size", "vision_config."),
-            window_size=need(v, "window_size", "vision_config."),
-            fullatt_blocks=tuple(need(v, "fullatt_block_indexes", "vision_config.")),
-            tokens_per_second=need(v, "tokens_per_second", "vision_config."),
-            image_token_id=need(raw, "image_token_id", ""), video_token_id=need(raw, "video_token_id", ""),
-            vision_start_token_id=need(raw, "vision_start_token_id", ""),
-            torch_dtype=t.get("torch_dtype", raw.get("dtype", "bfloat16")),
-        )
-        if 2 * sum(cfg.mrope_section) != cfg.head_dim:
-            raise ModelError(f"{path}: mrope_section {list(cfg.mrope_section)} does not sum to head_dim/2 = {cfg.head_dim // 2}")
-        if cfg.v_out != cfg.hidden_size:
-            raise ModelError(f"{path}: vision out_hidden_size {cfg.v_out} != hidden_size {cfg.hidden_size}")
-        return cfg
+    def check(self, path):
+        if self.n_heads % self.n_kv_heads:
+            raise ModelError(f"{path}: num_attention_heads {self.n_heads} is not a multiple of num_key_value_heads {self.n_kv_heads}")
 
 
-# ----------------------------------------------------------------------------- shared pieces
+def rope_axis(section, interleaved):
+    """Which position row (T=0, H=1, W=2) each rotary frequency j < head_dim/2 turns with. Qwen2.5-VL: contiguous
+    sections [T..T H..H W..W]. Qwen3-VL (interleaved): T by default, H where j % 3 == 1 and W where j % 3 == 2, for j
+    below 3x that axis' section (transformers 4.57 apply_interleaved_mrope)."""
+    if not interleaved:
+        return tuple(a for a, n in enumerate(section) for _ in range(n))
+    return tuple(1 if j % 3 == 1 and j < 3 * section[1] else 2 if j % 3 == 2 and j < 3 * section[2] else 0
+                 for j in range(sum(section)))
+
+
+# ----------------------------------------------------------------------------- small shared pieces
 
 def upcast(x):  # to fp32 for bf16/fp16/fp32; fp64 stays fp64 (the float64 gradient checks rely on it)
     return x.to(torch.promote_types(x.dtype, torch.float32))
@@ -118,23 +170,42 @@ class RMSNorm(nn.Module):
         return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
 
 
-class MLP(nn.Module):  # SwiGLU with bias (vision tower; the decoder packs its MLP, see DecoderLayer)
-    def __init__(self, dim, hidden, bias):
-        super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden, bias=bias)
-        self.up_proj = nn.Linear(dim, hidden, bias=bias)
-        self.down_proj = nn.Linear(hidden, dim, bias=bias)
-
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 def rotate_half(x):  # pairs dim i with dim i + d/2
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 
 
-# ----------------------------------------------------------------------------- vision encoder (§2)
+# ----------------------------------------------------------------------------- vision: what both towers share
+
+def merge_order_hw(h, w, m):
+    """(row, col) of every patch of one frame, in the processor's merge-block-major order. -> [h*w, 2]"""
+    rows = torch.arange(h).view(h // m, m, 1, 1).expand(h // m, m, w // m, m)
+    cols = torch.arange(w).view(1, 1, w // m, m).expand(h // m, m, w // m, m)
+    return torch.stack([rows.permute(0, 2, 1, 3).flatten(), cols.permute(0, 2, 1, 3).flatten()], -1)
+
+
+def vision_angles(grids, head_dim, m):
+    """2D rotary angles of every patch, fp32 [N, head_dim/2]: the first half of the frequencies turn with the row, the
+    second half with the column (both families)."""
+    inv = 1.0 / 10000 ** (torch.arange(0, head_dim // 2, 2, dtype=torch.float32) / (head_dim // 2))
+    hw = torch.cat([merge_order_hw(h, w, m).repeat(t, 1) for t, h, w in grids]).float()
+    return torch.cat([hw[:, :1] * inv, hw[:, 1:] * inv], -1)
+
+
+def frame_groups(grids):
+    """Cumulative patch boundaries of the 2-frame groups: full attention never crosses one."""
+    cu = [0]
+    for t, h, w in grids:
+        cu += [cu[-1] + h * w * (i + 1) for i in range(t)]
+    return cu
+
+
+def segment_groups(cu, device):
+    """Cumulative boundaries -> one [n, L] index tensor per distinct segment length, so that all equal-length
+    segments run as one batched attention call."""
+    starts, lens = torch.tensor(cu[:-1]), torch.tensor(cu[1:]) - torch.tensor(cu[:-1])
+    return [(starts[lens == L, None] + torch.arange(L)).to(device) for L in lens.unique().tolist()]
+
 
 class VisionAttention(nn.Module):
     def __init__(self, dim, heads):
@@ -146,7 +217,7 @@ class VisionAttention(nn.Module):
     def forward(self, x, cos, sin, segments):  # x [N, Dv]; cos/sin [N, 1, dv] fp32; segments: list of [n, L] indices
         N, Dv = x.shape
         q, k, v = self.qkv(x).view(N, 3, self.heads, -1).unbind(1)  # each [N, Hv, dv]
-        # vision rotary is applied in fp32 (§2.5)
+        # the vision rotary is applied in fp32 (both references)
         q = (upcast(q) * cos + rotate_half(upcast(q)) * sin).to(x.dtype)
         k = (upcast(k) * cos + rotate_half(upcast(k)) * sin).to(x.dtype)
         out = torch.empty_like(q)
@@ -156,124 +227,50 @@ class VisionAttention(nn.Module):
         return self.proj(out.reshape(N, Dv))
 
 
-class VisionBlock(nn.Module):
-    def __init__(self, c):
+class VisionBlock(nn.Module):  # pre-norm transformer block; the family gives its norms and MLP
+    def __init__(self, dim, heads, norm, mlp):
         super().__init__()
-        self.norm1 = RMSNorm(c.v_hidden, 1e-6)
-        self.norm2 = RMSNorm(c.v_hidden, 1e-6)
-        self.attn = VisionAttention(c.v_hidden, c.v_heads)
-        self.mlp = MLP(c.v_hidden, c.v_intermediate, bias=True)
+        self.norm1, self.norm2 = norm(), norm()
+        self.attn = VisionAttention(dim, heads)
+        self.mlp = mlp
 
     def forward(self, x, cos, sin, segments):
         x = x + self.attn(self.norm1(x), cos, sin, segments)
         return x + self.mlp(self.norm2(x))
 
 
-class PatchMerger(nn.Module):  # 2x2 neighbouring patches -> one LLM token
-    def __init__(self, c):
-        super().__init__()
-        self.ln_q = RMSNorm(c.v_hidden, 1e-6)
-        self.mlp = nn.Sequential(nn.Linear(4 * c.v_hidden, 4 * c.v_hidden), nn.GELU(), nn.Linear(4 * c.v_hidden, c.v_out))
-
-    def forward(self, x):  # [N, Dv] -> [N/4, D]
-        return self.mlp(self.ln_q(x).view(-1, self.mlp[0].in_features))
+def patch_embed(proj, pixels):  # the Conv3d has stride = kernel: one matmul over flattened patches
+    w = proj.weight
+    return F.linear(pixels.to(w.dtype), w.view(w.shape[0], -1), proj.bias)
 
 
-def merge_order_hw(h, w, m):
-    """(row, col) of every patch of one frame, in the processor's merge-block-major order (§2.1). -> [h*w, 2]"""
-    rows = torch.arange(h).view(h // m, m, 1, 1).expand(h // m, m, w // m, m)
-    cols = torch.arange(w).view(1, 1, w // m, m).expand(h // m, m, w // m, m)
-    return torch.stack([rows.permute(0, 2, 1, 3).flatten(), cols.permute(0, 2, 1, 3).flatten()], -1)
-
-
-def window_index(grids, ws):
-    """Order merged tokens window by window (ws x ws merged tokens per window, §2.4). Returns the permutation
-    [M] and the cumulative patch boundaries of the non-empty windows."""
-    order, cu, offset = [], [0], 0
-    for t, h, w in grids:
-        lh, lw = h // 2, w // 2
-        nh, nw = lh // ws + 1, lw // ws + 1  # the reference pads a whole extra window when lh % ws == 0: empty, dropped
-        grid = torch.full((t, nh * ws, nw * ws), -1)
-        grid[:, :lh, :lw] = torch.arange(t * lh * lw).view(t, lh, lw)
-        win = grid.view(t, nh, ws, nw, ws).permute(0, 1, 3, 2, 4).reshape(t * nh * nw, ws * ws)
-        lens = (win >= 0).sum(-1)
-        order.append(win[win >= 0] + offset)
-        cu += (lens[lens > 0].cumsum(0) * 4 + cu[-1]).tolist()
-        offset += t * lh * lw
-    return torch.cat(order), cu
-
-
-def segment_groups(cu, device):
-    """Cumulative boundaries -> one [n, L] index tensor per distinct segment length, so that all equal-length
-    segments run as one batched attention call."""
-    starts, lens = torch.tensor(cu[:-1]), torch.tensor(cu[1:]) - torch.tensor(cu[:-1])
-    return [(starts[lens == L, None] + torch.arange(L)).to(device) for L in lens.unique().tolist()]
-
-
-class VisionEncoder(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.c = c
-        self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv3d(c.in_chans, c.v_hidden, (c.temporal_patch_size, c.patch_size, c.patch_size), bias=False)
-        self.blocks = nn.ModuleList(VisionBlock(c) for _ in range(c.v_depth))
-        self.merger = PatchMerger(c)
-
-    def forward(self, pixels, grids):  # pixels [N, C*Tp*P*P] fp32, grids [(t, h, w)] in patches -> [N/4, D]
-        c, dev = self.c, pixels.device
-        w_pe = self.patch_embed.proj.weight
-        x = F.linear(pixels.to(w_pe.dtype), w_pe.view(w_pe.shape[0], -1))  # the Conv3d has stride = kernel: a matmul
-        N = x.shape[0]
-        # 2D rotary angles in fp32: first half of the frequencies encode the row, second half the column
-        dv = c.v_hidden // c.v_heads
-        inv = 1.0 / 10000 ** (torch.arange(0, dv // 2, 2, dtype=torch.float32) / (dv // 2))
-        hw = torch.cat([merge_order_hw(h, w, c.merge_size).repeat(t, 1) for t, h, w in grids]).float()
-        ang = torch.cat([hw[:, :1] * inv, hw[:, 1:] * inv], -1)  # [N, dv/2]
-        # reorder merged-token groups of 4 patches window by window; window blocks attend within a window,
-        # full blocks within one 2-frame group (the reorder keeps each group contiguous)
-        win, cu_win = window_index(grids, c.window_size // c.merge_size // c.patch_size)
-        x = x.view(N // 4, 4, -1)[win.to(dev)].view(N, -1)
-        ang = torch.cat([ang.view(N // 4, 4, -1)[win], ang.view(N // 4, 4, -1)[win]], -1).view(N, 1, dv).to(dev)
-        cos, sin = ang.cos(), ang.sin()
-        cu_full = [0]
-        for t, h, w in grids:
-            cu_full += [cu_full[-1] + h * w * (i + 1) for i in range(t)]
-        seg_win, seg_full = segment_groups(cu_win, dev), segment_groups(cu_full, dev)
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, cos, sin, seg_full if i in c.fullatt_blocks else seg_win)
-        return self.merger(x)[torch.argsort(win).to(dev)]  # back to (t, h, w) token order
-
-
-# ----------------------------------------------------------------------------- M-RoPE positions (§3.3)
-
-def rope_index(ids, video_grids, second_per_grid, c):
-    """Qwen's reference M-RoPE positions for one sequence. ids: list[int]; video_grids: [(t, h, w)] in patches;
-    second_per_grid: [float] per video. Returns positions [3, S] (T, H, W rows), int64.
-    Text after a video starts at the video block's max position + 1; the temporal index is
-    floor(t * second_per_grid * tokens_per_second) computed in float32, as the reference does."""
+def grid_positions(ids, c, blocks):
+    """M-RoPE positions [3, S] (T, H, W rows), int64, for a prompt whose visual blocks are given in order as
+    (t_index [t] int64, lh, lw) merged-token grids. Text advances all three rows together; a block starts at the
+    position after the text before it and spans (t_index, row, col); text after a block resumes at its max + 1.
+    Each block must sit right after a <|vision_start|>. Both families' get_rope_index reduce to this."""
     ids = torch.as_tensor(ids)
-    S, m = ids.numel(), c.merge_size
-    starts = (ids[:-1] == c.vision_start_token_id).nonzero().flatten() + 1
-    starts = starts[ids[starts] == c.video_token_id].tolist()
-    if any(ids[s] == c.image_token_id for s in (ids[:-1] == c.vision_start_token_id).nonzero().flatten() + 1):
+    S = ids.numel()
+    starts = ((ids[:-1] == c.vision_start_token_id).nonzero().flatten() + 1).tolist()
+    if any(int(ids[s]) == c.image_token_id for s in starts):
         raise NotImplementedError("image inputs are not supported; this pipeline is video-only")
-    if len(starts) != len(video_grids) or int((ids == c.video_token_id).sum()) != sum(t * h * w // m**2 for t, h, w in video_grids):
+    starts = [s for s in starts if int(ids[s]) == c.video_token_id]
+    n_video = sum(len(t) * lh * lw for t, lh, lw in blocks)
+    if len(starts) != len(blocks) or int((ids == c.video_token_id).sum()) != n_video:
         raise ValueError("the prompt's <|video_pad|> tokens do not match the video grids")
     pos, nxt, st = [], 0, 0
-    for s, (t, h, w), spg in zip(starts, video_grids, second_per_grid):
-        pos.append(torch.arange(s - st).expand(3, -1) + nxt)  # text before the video, incl. <|vision_start|>
+    for s, (tt, lh, lw) in zip(starts, blocks):
+        pos.append(torch.arange(s - st).expand(3, -1) + nxt)  # text before the block, incl. <|vision_start|>
         nxt += s - st
-        lh, lw = h // m, w // m
-        tt = (torch.arange(t, dtype=torch.float32) * torch.tensor(spg, dtype=torch.float32) * c.tokens_per_second).long()
         grid = torch.stack(torch.meshgrid(tt, torch.arange(lh), torch.arange(lw), indexing="ij")).view(3, -1)
         pos.append(grid + nxt)
         nxt = int(pos[-1].max()) + 1
-        st = s + t * lh * lw
+        st = s + len(tt) * lh * lw
     pos.append(torch.arange(S - st).expand(3, -1) + nxt)
     return torch.cat(pos, 1)
 
 
-# ----------------------------------------------------------------------------- decoder (§3)
+# ----------------------------------------------------------------------------- the decoder (Qwen2 / Qwen3)
 
 @dataclass
 class KVCache:
@@ -295,10 +292,11 @@ class KVCache:
 
 
 class DecoderLayer(nn.Module):
-    """A Qwen2 layer (§3.1): RMSNorm, GQA attention with q/k/v bias, RMSNorm, SwiGLU MLP. The matrices are stored
-    packed and transposed, [in, out]: q|k|v as one, gate|up as one. Decoding reads every weight once per token, and
-    a vector times an [in, out] matrix streams it faster than the [out, in] layout of the checkpoint (bench.py
-    measured 1.0x instead of 1.25x the bandwidth floor on CPU); packing also means fewer, larger products."""
+    """A Qwen2 layer (q/k/v bias) or a Qwen3 layer (no bias, per-head RMSNorm on q and k before the rotary): RMSNorm,
+    GQA attention, RMSNorm, SwiGLU MLP. The matrices are stored packed and transposed, [in, out]: q|k|v as one, gate|up
+    as one. Decoding reads every weight once per token, and a vector times an [in, out] matrix streams it faster than
+    the checkpoint's [out, in] (bench.py measured 1.0x instead of 1.25x the bandwidth floor on CPU); packing also
+    means fewer, larger products. Values get no norm and no rotary in either family: ΔV acts on v_proj's output."""
 
     def __init__(self, c):
         super().__init__()
@@ -306,7 +304,9 @@ class DecoderLayer(nn.Module):
         self.d, self.split = d, [H * d, Hkv * d, Hkv * d]
         self.input_layernorm = RMSNorm(D, c.rms_norm_eps)
         self.qkv = nn.Parameter(torch.empty(D, (H + 2 * Hkv) * d))  # [q_proj | k_proj | v_proj].T
-        self.qkv_bias = nn.Parameter(torch.empty((H + 2 * Hkv) * d))
+        self.qkv_bias = nn.Parameter(torch.empty((H + 2 * Hkv) * d)) if c.attn_bias else None
+        self.q_norm = RMSNorm(d, c.rms_norm_eps) if c.qk_norm else None
+        self.k_norm = RMSNorm(d, c.rms_norm_eps) if c.qk_norm else None
         self.o = nn.Parameter(torch.empty(H * d, D))  # o_proj.T, no bias
         self.post_attention_layernorm = RMSNorm(D, c.rms_norm_eps)
         self.gate_up = nn.Parameter(torch.empty(D, 2 * I))  # [gate_proj | up_proj].T, no bias
@@ -314,8 +314,11 @@ class DecoderLayer(nn.Module):
 
     def project(self, x, cos, sin):  # x [S, D] -> q [H, S, d], k/v [Hkv, S, d], RoPE applied to q and k
         S = x.shape[0]
-        q, k, v = (t.view(S, -1, self.d).transpose(0, 1)
-                   for t in torch.addmm(self.qkv_bias, self.input_layernorm(x), self.qkv).split(self.split, -1))
+        x = self.input_layernorm(x)
+        qkv = x @ self.qkv if self.qkv_bias is None else torch.addmm(self.qkv_bias, x, self.qkv)
+        q, k, v = (t.view(S, -1, self.d).transpose(0, 1) for t in qkv.split(self.split, -1))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
 
     def finish(self, x, q, K, V, mask=None):
@@ -328,79 +331,66 @@ class DecoderLayer(nn.Module):
         return x + (F.silu(gate) * up) @ self.down
 
 
-class LLM(nn.Module):
+class LLM(nn.Module):  # checkpoint prefix "model." / "model.language_model."
     def __init__(self, c):
         super().__init__()
-        # a tied head (3B) is the embedding: then the one table lives in Qwen25VL.lm_head, transposed
+        # a tied head is the embedding: then the one table lives in VideoLM.lm_head, transposed
         self.embed_tokens = None if c.tie_word_embeddings else nn.Embedding(c.vocab_size, c.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.n_layers))
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
 
 
-class Qwen25VL(nn.Module):
+@dataclass
+class Visual:
+    """A video after the vision encoder: one feature per <|video_pad|> token, in prompt order, and (Qwen3-VL's
+    DeepStack) one more feature set per early decoder layer, added to the video rows after that layer in prefill."""
+    embeds: torch.Tensor  # [M, D]
+    deepstack: list = field(default_factory=list)  # k x [M, D]
+
+
+class VideoLM(nn.Module):
+    """The model contract: what V-Reason needs from a model, and nothing more. vreason.py calls only these:
+
+      encode_video(video) -> Visual          vision features of a prepared video (video.py's Video)
+      prompt(tok, question, video, system)   -> ids [S], positions [3, S]: the family's chat prompt and its
+                                             explicit M-RoPE positions (decode positions continue from max + 1)
+      new_cache(max_len) -> KVCache          a cache we own, on the layers' devices
+      prefill(ids, pos, visual, cache)       -> (logits [vocab] fp32 of the last row, that row's input to the last
+                                             layer [1, D]); fills cache rows [0, S)
+      decode(token, pos, cache, finish)      one step; finish=False stops once the last layer's K/V are cached and
+                                             returns (None, h_in): the controller finishes that layer itself
+      last_layer(h_in, pos, K, V) -> logits  the last layer for one position over given K/V (edited value rows),
+                                             then final norm + head. Why the last layer: its values feed nothing
+                                             else that is cached, so ΔV's gradient needs only this
+      video_spans(ids) -> [(lo, hi), ...]    cache rows of the video tokens (Qwen3-VL: one span per frame group,
+                                             timestamps between them are text)
+      c.n_layers, c.n_kv_heads, c.head_dim, dtype, devices()   sizes, and where to synchronize timers
+
+    Assumed of the model: the last layer is full attention with a value cache, values carry no rotary, and the video
+    rows are known (PORTING.md). The decoder and the head are shared by both families; a family file adds `visual`,
+    `encode_video`, `prompt`, and its checkpoint names."""
+
     def __init__(self, c):
         super().__init__()
         self.c = c
-        self.visual = VisionEncoder(c)
-        self.llm = LLM(c)  # checkpoint prefix "model."
+        self.llm = LLM(c)
         self.lm_head = nn.Parameter(torch.empty(c.hidden_size, c.vocab_size))  # lm_head.weight.T [D, vocab]
+        self._rope = {}  # device -> (inverse frequencies [d/2], rope_axis [d/2]): computed once per device
 
     @property
     def dtype(self):
         return self.lm_head.dtype
 
-    def rope(self, pos, dtype):  # pos [3, S] -> cos/sin [S, d]: dim j uses the T/H/W row its mrope section names (§3.2)
-        c = self.c
-        inv = 1.0 / c.rope_theta ** (torch.arange(0, c.head_dim, 2, dtype=torch.float32, device=pos.device) / c.head_dim)
-        axis = torch.repeat_interleave(torch.arange(3, device=pos.device), torch.tensor(c.mrope_section, device=pos.device))
-        theta = pos[axis].float().T * inv  # [S, d/2] fp32
-        theta = torch.cat([theta, theta], -1)
-        return theta.cos().to(dtype), theta.sin().to(dtype)
+    # --- the contract
+    def new_cache(self, max_len):
+        return KVCache.empty(self.c, max_len, self.layer_devices(), self.dtype)
 
-    def embed(self, ids, video_embeds=None):  # ids [S] -> [S, D], video rows replaced by the vision features
-        table = self.llm.embed_tokens
-        h = table(ids) if table is not None else self.lm_head[:, ids].T.contiguous()
-        if video_embeds is not None:
-            is_video = ids == self.c.video_token_id
-            if int(is_video.sum()) != video_embeds.shape[0]:
-                raise ValueError(f"{int(is_video.sum())} <|video_pad|> tokens but {video_embeds.shape[0]} video features")
-            h = h.masked_scatter(is_video[:, None], video_embeds.to(h.dtype))
-        return h
+    def prefill(self, ids, pos, visual, cache):
+        deepstack = (ids == self.c.video_token_id, visual.deepstack) if visual is not None and visual.deepstack else None
+        return self(self.embed(ids, visual), pos, cache, deepstack=deepstack)
 
-    def logits(self, h):  # final norm + LM head, only on the rows passed in; bf16/fp16 logits are upcast to fp32
-        h = self.llm.norm(h.to(self.llm.norm.weight.device)).to(self.lm_head.device)
-        return upcast(h @ self.lm_head)
-
-    def layer_devices(self):  # where each decoder layer (and its KV cache) lives; one device unless split
-        return [layer.input_layernorm.weight.device for layer in self.llm.layers]
-
-    def devices(self):  # every device the model uses
-        return sorted({self.visual.merger.ln_q.weight.device, self.lm_head.device, *self.layer_devices()}, key=str)
-
-    def forward(self, h, pos, cache, finish=True):
-        """Run all layers on S new rows h [S, D] at positions pos [3, S], appending their K/V to the cache.
-        Prefill (S > 1) needs an empty cache. Returns the logits of the last row [vocab] (fp32) and that row's input
-        to the last layer [1, D], which the V-Reason controller recomputes the last layer from. finish=False stops
-        once the last layer's K/V are cached and returns no logits: the controller finishes that layer itself."""
-        S, start = h.shape[0], cache.length
-        assert S == 1 or start == 0, "multi-token forwards run on an empty cache only"
-        cos, sin = self.rope(pos, h.dtype)
-        for i, layer in enumerate(self.llm.layers):
-            if cache.k[i].device != h.device:  # model split across devices: hop to this layer's device
-                h, cos, sin = h.to(cache.k[i].device), cos.to(cache.k[i].device), sin.to(cache.k[i].device)
-            if i == self.c.n_layers - 1:
-                h_last_in = h[-1:]
-            q, k, v = layer.project(h, cos[None], sin[None])
-            cache.k[i][:, start : start + S] = k
-            cache.v[i][:, start : start + S] = v
-            # attention over the cache; only the last row matters after the last layer, so skip the others there
-            if i == self.c.n_layers - 1:
-                h, q = h[-1:], q[:, -1:]
-                if not finish:
-                    break
-            h = layer.finish(h, q, cache.k[i][:, : start + S], cache.v[i][:, : start + S])
-        cache.length = start + S
-        return (self.logits(h)[0] if finish else None), h_last_in
+    def decode(self, token, pos, cache, finish=True):  # token: [1] int64 on the embedding's device
+        return self(self.embed(token), pos, cache, finish=finish)
 
     def last_layer(self, h_in, pos, K, V):
         """Recompute the last layer for one position from its input h_in [1, D] over the given K/V [Hkv, T, d]
@@ -410,8 +400,82 @@ class Qwen25VL(nn.Module):
         q, _, _ = layer.project(h_in, cos[None], sin[None])
         return self.logits(layer.finish(h_in, q, K, V))[0]
 
+    def video_spans(self, ids):  # contiguous runs of <|video_pad|> -> [(lo, hi)] cache rows
+        where = (torch.as_tensor(ids) == self.c.video_token_id).nonzero().flatten().tolist()
+        spans = []
+        for i in where:
+            if spans and spans[-1][1] == i:
+                spans[-1][1] = i + 1
+            else:
+                spans.append([i, i + 1])
+        return [tuple(s) for s in spans]
 
-# ----------------------------------------------------------------------------- device, dtype, loading (§1.4)
+    def layer_devices(self):  # where each decoder layer (and its KV cache) lives; one device unless split
+        return [layer.input_layernorm.weight.device for layer in self.llm.layers]
+
+    def devices(self):  # every device the model uses
+        return sorted({p.device for p in (self.lm_head, self.llm.norm.weight, next(self.visual.parameters()))}
+                      | set(self.layer_devices()), key=str)
+
+    # --- the shared decoder
+    def rope(self, pos, dtype):
+        """pos [3, S] -> cos/sin [S, d]: frequency j turns with the T/H/W row that c.rope_axis names; angles in fp32,
+        cos/sin in the model dtype (both references)."""
+        if pos.device not in self._rope:
+            c = self.c
+            inv = 1.0 / c.rope_theta ** (torch.arange(0, c.head_dim, 2, dtype=torch.float32, device=pos.device) / c.head_dim)
+            self._rope[pos.device] = inv, torch.tensor(c.rope_axis, device=pos.device)
+        inv, axis = self._rope[pos.device]
+        theta = pos[axis].float().T * inv  # [S, d/2] fp32
+        theta = torch.cat([theta, theta], -1)
+        return theta.cos().to(dtype), theta.sin().to(dtype)
+
+    def embed(self, ids, visual=None):  # ids [S] -> [S, D], video rows replaced by the vision features
+        table = self.llm.embed_tokens
+        h = table(ids) if table is not None else self.lm_head[:, ids].T.contiguous()
+        if visual is not None:
+            is_video = ids == self.c.video_token_id
+            if int(is_video.sum()) != visual.embeds.shape[0]:
+                raise ValueError(f"{int(is_video.sum())} <|video_pad|> tokens but {visual.embeds.shape[0]} video features")
+            h = h.masked_scatter(is_video[:, None], visual.embeds.to(h.dtype))
+        return h
+
+    def logits(self, h):  # final norm + LM head, only on the rows passed in; bf16/fp16 logits are upcast to fp32
+        h = self.llm.norm(h.to(self.llm.norm.weight.device)).to(self.lm_head.device)
+        return upcast(h @ self.lm_head)
+
+    def forward(self, h, pos, cache, finish=True, deepstack=None):
+        """Run all layers on S new rows h [S, D] at positions pos [3, S], appending their K/V to the cache.
+        Prefill (S > 1) needs an empty cache. Returns the logits of the last row [vocab] (fp32) and that row's input
+        to the last layer [1, D]. finish=False stops once the last layer's K/V are cached and returns no logits.
+        deepstack = (rows [S] bool, [features k x [rows, D]]): feature i is added to those rows after layer i
+        (Qwen3-VL's DeepStack, prefill only)."""
+        S, start = h.shape[0], cache.length
+        assert S == 1 or start == 0, "multi-token forwards run on an empty cache only"
+        cos, sin = self.rope(pos, h.dtype)
+        last = self.c.n_layers - 1
+        for i, layer in enumerate(self.llm.layers):
+            if cache.k[i].device != h.device:  # model split across devices: hop to this layer's device
+                h, cos, sin = h.to(cache.k[i].device), cos.to(cache.k[i].device), sin.to(cache.k[i].device)
+            if i == last:
+                h_last_in = h[-1:]
+            q, k, v = layer.project(h, cos[None], sin[None])
+            cache.k[i][:, start : start + S] = k
+            cache.v[i][:, start : start + S] = v
+            # attention over the cache; only the last row matters after the last layer, so skip the others there
+            if i == last:
+                h, q = h[-1:], q[:, -1:]
+                if not finish:
+                    break
+            h = layer.finish(h, q, cache.k[i][:, : start + S], cache.v[i][:, : start + S])
+            if deepstack is not None and i < len(deepstack[1]) and i != last:
+                rows = deepstack[0].to(h.device)
+                h = h.index_put((rows,), h[rows] + deepstack[1][i].to(h.device, h.dtype))
+        cache.length = start + S
+        return (self.logits(h)[0] if finish else None), h_last_in
+
+
+# ----------------------------------------------------------------------------- device, dtype, loading
 
 def pick_device_dtype(device="auto", dtype="auto"):
     """The one place device and dtype are chosen. auto: CUDA if present, else MPS, else CPU; bf16 on CUDA, fp32 elsewhere."""
@@ -436,13 +500,15 @@ def checkpoint_name(key):
 def weight_files(model_dir):
     index = os.path.join(model_dir, "model.safetensors.index.json")
     if os.path.exists(index):
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+        wm = read_json(index).get("weight_map")
+        if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
+            raise ModelError(f"{index}: expected a non-empty weight_map of tensor name -> shard file")
+        shards = sorted(set(wm.values()))
     elif os.path.exists(os.path.join(model_dir, "model.safetensors")):
         shards = ["model.safetensors"]
     else:
         raise ModelError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
-    missing = [s for s in shards if not os.path.exists(os.path.join(model_dir, s))]
+    missing = [s for s in shards if not os.path.isfile(os.path.join(model_dir, s))]
     if missing:
         raise ModelError(f"{model_dir}: missing weight shard(s): {', '.join(missing)}")
     return [os.path.join(model_dir, s) for s in shards]
@@ -470,42 +536,60 @@ PACKED = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "
 def checkpoint_layout(model):
     """Checkpoint tensor name (as checkpoint_name gives it) -> (our parameter, its column range or None, the shape the
     checkpoint must have). Most parameters keep the checkpoint's name and shape; each decoder matrix and the head go,
-    transposed, into a column range of a packed [in, out] parameter (DecoderLayer)."""
+    transposed, into a column range of a packed [in, out] parameter (DecoderLayer); Qwen3's q/k norms sit under
+    self_attn in the checkpoint."""
     c = model.c
     layout = {n: (n, None, tuple(p.shape)) for n, p in model.named_parameters()}
     for i, layer in enumerate(model.llm.layers):
         pre = f"llm.layers.{i}."
-        del layout[pre + "qkv_bias"]
+        layout.pop(pre + "qkv_bias", None)
         for ours, parts in PACKED.items():
             d_in, d_out = layout.pop(pre + ours)[2]
             sizes = layer.split if ours == "qkv" else [d_out // len(parts)] * len(parts)
             start = 0
             for part, n in zip(parts, sizes):
                 layout[pre + part + ".weight"] = (pre + ours, slice(start, start + n), (n, d_in))
-                if ours == "qkv":
+                if ours == "qkv" and layer.qkv_bias is not None:
                     layout[pre + part + ".bias"] = (pre + "qkv_bias", slice(start, start + n), (n,))
                 start += n
+        for norm in ("q_norm", "k_norm") if layer.q_norm is not None else ():
+            layout[pre + f"self_attn.{norm}.weight"] = layout.pop(pre + f"{norm}.weight")
     del layout["lm_head"]
     head = "llm.embed_tokens.weight" if c.tie_word_embeddings else "lm_head.weight"
     layout[head] = ("lm_head", slice(0, c.vocab_size), (c.vocab_size, c.hidden_size))
     return layout
 
 
+def model_type(model_dir):
+    """The family of a checkpoint directory: config.json's model_type, checked against the families we have."""
+    if not os.path.isdir(model_dir):
+        raise ModelError(f"model directory not found: {model_dir}")
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.exists(path):
+        raise ModelError(f"{model_dir}: no config.json (not a Hugging Face model directory)")
+    mt = read_json(path, "a JSON object (a Hugging Face config.json)").get("model_type")
+    if mt not in FAMILIES:
+        raise ModelError(f"{path}: model_type is {mt!r}; supported: {', '.join(repr(f) for f in FAMILIES)} "
+                         f"(Qwen2.5-VL, Qwen3-VL)")
+    return mt
+
+
+def family(model_dir):  # the family's module (qwen25vl or qwen3vl), imported on first use
+    return importlib.import_module(FAMILIES[model_type(model_dir)])
+
+
 def load_model(model_dir, device="cpu", dtype=torch.float32, device_map=None):
-    """Build the model on the meta device, give every parameter its storage on its device, then copy each
+    """Build the family's model on the meta device, give every parameter its storage on its device, then copy each
     checkpoint tensor into place straight from the safetensors shards, one at a time: peak memory stays close to
     the weights themselves. device_map: None (all on `device`), "auto" (layers split over the visible GPUs) or a
     list of devices."""
     from safetensors import safe_open
 
-    if not os.path.isdir(model_dir):
-        raise ModelError(f"model directory not found: {model_dir}")
-    if not os.path.exists(os.path.join(model_dir, "config.json")):
-        raise ModelError(f"{model_dir}: no config.json (not a Hugging Face model directory)")
-    c = Config.from_json(os.path.join(model_dir, "config.json"))
+    fam = family(model_dir)
+    c = fam.Config.from_json(os.path.join(model_dir, "config.json"))
     files = weight_files(model_dir)
     with torch.device("meta"):
-        model = Qwen25VL(c)
+        model = fam.Model(c)
     layout = checkpoint_layout(model)
     for name, p in list(model.named_parameters()):
         owner, _, leaf = name.rpartition(".")

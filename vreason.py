@@ -1,9 +1,10 @@
-"""V-Reason ("Video Reasoning without Training", arXiv 2510.17045) on Qwen2.5-VL: the generate loop and the CLI.
+"""V-Reason ("Video Reasoning without Training", arXiv 2510.17045): the method, the generate loop and the CLI.
 
     python vreason.py --video clip.mp4 --q "What happens after the ball is thrown?"
 
-Data flows one way: video.py (file -> patches, prompt ids) -> model.py (vision features, prefill, decode steps)
--> here (decoding).
+Data flows one way: video.py (file -> patches, prompt ids) -> the family's model file (vision features, positions,
+prefill, decode steps) -> here. The method reaches a model only through the contract named in model.VideoLM, so
+Qwen2.5-VL and Qwen3-VL (and a port of yours, PORTING.md) run it unchanged.
 """
 import argparse
 import json
@@ -58,7 +59,7 @@ class Prepared:
     """One sample after vision encoding: everything decoding needs, shareable between modes."""
     ids: torch.Tensor  # [S] prompt ids
     pos: torch.Tensor  # [3, S] M-RoPE positions
-    video_embeds: torch.Tensor  # [M, D]
+    visual: M.Visual  # vision features (None for a text-only prompt)
     video: V.Video
     vision_s: float
 
@@ -77,15 +78,14 @@ class Step:
 
 
 def prepare(model, tok, video, question, system=None):
-    """Encode the video and build the prompt ids and positions (reference M-RoPE, positions owned by us)."""
-    ids = V.build_prompt(tok, question, video.n_tokens, system)
-    dev = next(model.parameters()).device
+    """The family's prompt ids and explicit positions, and the video through its vision encoder."""
+    ids, pos = model.prompt(tok, question, video, system)
+    dev = model.layer_devices()[0]  # where the embedding and the first layer are
     t0 = time.perf_counter()
     with torch.no_grad():
-        emb = model.visual(video.pixel_values.to(dev), [video.grid_thw])
+        visual = model.encode_video(video)
     sync(model)
-    pos = M.rope_index(ids, [video.grid_thw], [video.second_per_grid], model.c).to(dev)
-    return Prepared(torch.tensor(ids, device=dev), pos, emb, video, time.perf_counter() - t0)
+    return Prepared(torch.tensor(ids, device=dev), pos.to(dev), visual, video, time.perf_counter() - t0)
 
 
 def entropy(logits):  # [V] fp32 (or fp64) logits from model.logits -> nats, full vocabulary, temperature 1
@@ -118,9 +118,9 @@ class Controller:
     model is untouched until the first update. Why the last layer: its values feed nothing else that is cached, so
     the gradient for the current token needs just that layer recomputed at one position (input detached)."""
 
-    def __init__(self, cache, lo, hi, s):  # video rows are cache rows [lo, hi) of every layer
-        self.lo, self.hi, self.s = lo, hi, s
-        V = cache.v[-1][:, lo:hi]
+    def __init__(self, cache, rows, s):  # rows [Nv] int64: the cache rows of the video tokens in the last layer
+        self.idx, self.s = rows.to(cache.v[-1].device), s
+        V = cache.v[-1][:, self.idx]
         self.v0 = V.to(torch.promote_types(V.dtype, torch.float32)).clone()  # [Hkv, Nv, d], fp32 at least
         self.v0_norm = self.v0.norm(dim=-1, keepdim=True)  # [Hkv, Nv, 1]
         shape = self.v0.shape if s.controller == "per-token" else (self.v0.shape[0], 1, self.v0.shape[2])
@@ -134,8 +134,7 @@ class Controller:
     def logits(self, model, cache, h_in, pos):
         """Last layer at the current position, its video value rows = rows(); then final norm + LM head."""
         K, Vc = cache.k[-1][:, : cache.length], cache.v[-1][:, : cache.length]
-        Vn = torch.cat([Vc[:, : self.lo], self.rows().to(Vc.dtype), Vc[:, self.hi :]], 1)
-        return model.last_layer(h_in, pos, K, Vn)
+        return model.last_layer(h_in, pos, K, Vc.index_copy(1, self.idx, self.rows().to(Vc.dtype)))
 
     def adam(self, b1=0.9, b2=0.999, eps=1e-8):
         """One step of torch.optim.Adam (default betas and eps), its arithmetic written out for our single tensor: the
@@ -158,7 +157,7 @@ class Controller:
             self.adam()
             losses.append(float(loss.detach()))
         with torch.no_grad():
-            cache.v[-1][:, self.lo : self.hi] = self.rows().to(cache.v[-1].dtype)
+            cache.v[-1][:, self.idx] = self.rows().to(cache.v[-1].dtype)
         return losses[0]
 
     def ratio(self):  # ||V - V0|| / ||V0|| over the controlled rows
@@ -189,31 +188,34 @@ class Switch:
         return {"switch": -1.0 if self.ema < self.peak else 1.0, "minimize": -1.0, "maximize": 1.0}[self.objective]
 
 
-def prune(cache, lo, hi, ratio, policy):
+def prune(cache, rows, ratio, policy):
     """V-Reason Lite (spec §5): per layer, drop the floor(ratio * N) video rows whose value vectors have the smallest
-    norm (mean over kv heads of the L2 norm), K and V alike, keeping the rest in order; text rows are never dropped.
-    Keys carry their rotary phase, so the compacted cache stays valid. Returns the new end of the video rows."""
-    n = hi - lo
+    norm (mean over kv heads of the L2 norm), K and V alike, and close the gaps, keeping every other row in order;
+    text rows (Qwen3-VL's timestamps between frame groups included) are never dropped. Keys carry their rotary phase,
+    so the compacted cache stays valid. rows [N]: the video rows (ascending, the same in every layer after prefill).
+    Returns the last layer's new video rows [N - dropped] and which video tokens each layer kept [n_layers, N] bool."""
+    n, T, lo = len(rows), cache.length, int(rows[0])
     keep = n - math.floor(ratio * n)
-    score = lambda Vl: Vl[:, lo:hi].float().norm(dim=-1).mean(0)  # [N]
+    score = lambda Vl: Vl[:, rows.to(Vl.device)].float().norm(dim=-1).mean(0)  # [N]
     last = score(cache.v[-1]) if policy == "last-layer" else None
+    kept = []
     for K, Vl in zip(cache.k, cache.v):
-        idx = lo + (last if last is not None else score(Vl)).topk(keep).indices.sort().values
+        sc = last.to(Vl.device) if last is not None else score(Vl)
+        is_kept = torch.zeros(n, dtype=torch.bool, device=Vl.device).index_fill_(0, sc.topk(keep).indices, True)
+        alive = torch.ones(T, dtype=torch.bool, device=Vl.device)
+        alive[rows.to(Vl.device)] = is_kept
+        src = alive[lo:].nonzero().flatten() + lo  # rows before the first video row stay where they are
         for X in (K, Vl):
-            tail = X[:, hi : cache.length].clone()
-            X[:, lo : lo + keep] = X[:, idx]
-            X[:, lo + keep : lo + keep + tail.shape[1]] = tail
-    cache.length -= n - keep
-    return lo + keep
+            X[:, lo : lo + len(src)] = X[:, src]
+        kept.append(is_kept.cpu())
+        new_rows = (alive.cumsum(0) - 1)[rows.to(Vl.device)][is_kept]  # where the kept video rows of this layer went
+    cache.length = T - (n - keep)
+    return new_rows, torch.stack(kept)
 
 
-def video_span(ids, video_token_id):  # cache rows [lo, hi) of the video tokens; (0, 0) for a text-only prompt
-    where = (ids == video_token_id).nonzero().flatten()
-    if len(where) == 0:
-        return 0, 0
-    lo, hi = int(where[0]), int(where[-1]) + 1
-    assert hi - lo == len(where), "the video tokens must be contiguous"
-    return lo, hi
+def video_rows(model, ids):  # the contract's spans -> one index tensor of cache rows (empty for a text-only prompt)
+    spans = model.video_spans(ids)
+    return torch.cat([torch.arange(lo, hi) for lo, hi in spans]) if spans else torch.zeros(0, dtype=torch.long)
 
 
 def generate(model, prep, s, stop_ids, info=None):
@@ -224,16 +226,16 @@ def generate(model, prep, s, stop_ids, info=None):
     dev = prep.ids.device
     gen = torch.Generator().manual_seed(s.seed)
     t0 = time.perf_counter()
-    cache = M.KVCache.empty(model.c, len(prep.ids) + s.max_new_tokens, model.layer_devices(), model.dtype)
+    cache = model.new_cache(len(prep.ids) + s.max_new_tokens)
     with torch.no_grad():
-        logits, h_in = model(model.embed(prep.ids, prep.video_embeds), prep.pos, cache)
-    lo, hi = video_span(prep.ids, model.c.video_token_id)
-    info.update(kv_bytes_before=cache.nbytes(), video_tokens=hi - lo)
-    if s.prune_ratio > 0 and hi > lo:
-        hi = prune(cache, lo, hi, s.prune_ratio, s.prune_policy)
+        logits, h_in = model.prefill(prep.ids, prep.pos, prep.visual, cache)
+    rows = video_rows(model, prep.ids)
+    info.update(kv_bytes_before=cache.nbytes(), video_tokens=len(rows))
+    if s.prune_ratio > 0 and len(rows):
+        rows, _ = prune(cache, rows, s.prune_ratio, s.prune_policy)
     sync(model)
-    info.update(prefill_s=time.perf_counter() - t0, kv_bytes_after=cache.nbytes(), video_tokens_kept=hi - lo, updates=0)
-    ctrl = Controller(cache, lo, hi, s) if s.mode in ("vreason", "lite") and hi > lo else None  # nothing to steer without video
+    info.update(prefill_s=time.perf_counter() - t0, kv_bytes_after=cache.nbytes(), video_tokens_kept=len(rows), updates=0)
+    ctrl = Controller(cache, rows, s) if s.mode in ("vreason", "lite") and len(rows) else None  # nothing to steer without video
     pos = prep.pos[:, -1:]  # position of the row whose logits we hold; carried explicitly, never the cache length
     nxt = int(prep.pos.max()) + 1
     seen, switch = prep.ids.clone(), Switch(s.beta, s.objective)
@@ -262,7 +264,7 @@ def generate(model, prep, s, stop_ids, info=None):
             seen = torch.cat([seen, seen.new_tensor([step.token])])
             pos = torch.full((3, 1), nxt + t, device=dev)
             with torch.no_grad():
-                logits, h_in = model(model.embed(seen[-1:]), pos, cache, finish=not due(t + 1))
+                logits, h_in = model.decode(seen[-1:], pos, cache, finish=not due(t + 1))
             if logits is None:  # an update is due: its first forward (the last layer through the controller's
                 logits = ctrl.logits(model, cache, h_in, pos)  # rows, with grad) gives this step's logits too
     finally:  # once, however the run ends (stop token, length, or the caller dropping the iterator)

@@ -5,6 +5,7 @@ from conftest import ENDOFTEXT, IM_END, hf_model
 from test_model import pixels, prompt
 
 import model as M
+import qwen25vl as Q25
 import video as V
 import vreason as R
 
@@ -15,7 +16,7 @@ def prepared(model, grid, spg, seed=0):
     vid = V.Video(px, grid, spg, {})
     with torch.no_grad():
         emb = model.visual(px, [grid])
-    return R.Prepared(torch.tensor(ids), M.rope_index(ids, [grid], [spg], model.c), emb, vid, 0.0), ids, px
+    return R.Prepared(torch.tensor(ids), Q25.rope_index(ids, [grid], [spg], model.c), M.Visual(emb), vid, 0.0), ids, px
 
 
 @pytest.mark.parametrize("grid,spg", [((2, 12, 20), 1.0), ((3, 8, 8), 0.5)])
@@ -50,7 +51,7 @@ def test_entropy_is_of_the_choosing_logits(ckpt):
     steps = list(R.generate(ours, prep, R.Settings(max_new_tokens=3), set()))
     cache = M.KVCache.empty(ours.c, len(ids) + 1, "cpu", torch.float32)
     with torch.no_grad():
-        logits, _ = ours(ours.embed(prep.ids, prep.video_embeds), prep.pos, cache)
+        logits, _ = ours(ours.embed(prep.ids, prep.visual), prep.pos, cache)
     p = torch.softmax(logits.double(), -1)
     assert abs(steps[0].entropy - float(-(p * p.log()).sum())) < 1e-4
     assert steps[0].token == int(logits.argmax())

@@ -7,6 +7,7 @@ import torch
 from conftest import IM_END, IM_START, VIDEO_PAD, VISION_END, VISION_START, hf_model, rel_diff
 
 import model as M
+import qwen25vl as Q25
 
 TOL = 1e-4  # relative max diff (issue 2)
 
@@ -48,7 +49,7 @@ def test_vision_features_match(pair, grids):
 
 def test_window_index_worked_example():
     # spec §2.4: grid (1, 12, 20) -> llm 6 x 10, windows of 4 x 4 merged tokens
-    win, cu = M.window_index([(1, 12, 20)], 4)
+    win, cu = Q25.window_index([(1, 12, 20)], 4)
     assert cu == [0, 64, 128, 160, 192, 224, 240]
     assert win[:12].tolist() == [0, 1, 2, 3, 10, 11, 12, 13, 20, 21, 22, 23]
     assert sorted(win.tolist()) == list(range(60))
@@ -62,7 +63,7 @@ SPGS = [1.0, 0.5, 4 / 3, 0.995, 3.75, 2 / 1.993]  # fps 2, fps 4, fps 1.5, fract
 def test_positions_match_get_rope_index(pair, grid, spg):
     ours, hf = pair
     ids = prompt(grid[0] * grid[1] * grid[2] // 4)
-    a = M.rope_index(ids, [grid], [spg], ours.c)
+    a = Q25.rope_index(ids, [grid], [spg], ours.c)
     b, delta = hf.get_rope_index(torch.tensor([ids]), None, torch.tensor([grid]), torch.tensor([spg]), torch.ones(1, len(ids)))
     assert torch.equal(a, b[:, 0])
     assert int(a.max()) + 1 - len(ids) == int(delta)
@@ -71,10 +72,10 @@ def test_positions_match_get_rope_index(pair, grid, spg):
 def test_positions_text_only_and_two_videos(pair):
     ours, hf = pair
     ids = prompt(0)
-    assert torch.equal(M.rope_index(ids, [], [], ours.c), torch.arange(len(ids)).expand(3, -1))
+    assert torch.equal(Q25.rope_index(ids, [], [], ours.c), torch.arange(len(ids)).expand(3, -1))
     g1, g2 = (2, 4, 6), (3, 6, 4)
     ids = prompt(12)[:-5] + [VISION_START] + [VIDEO_PAD] * 18 + [VISION_END] + prompt(0)[-5:]
-    a = M.rope_index(ids, [g1, g2], [0.5, 4 / 3], ours.c)
+    a = Q25.rope_index(ids, [g1, g2], [0.5, 4 / 3], ours.c)
     b, _ = hf.get_rope_index(torch.tensor([ids]), None, torch.tensor([g1, g2]), torch.tensor([0.5, 4 / 3]), torch.ones(1, len(ids)))
     assert torch.equal(a, b[:, 0])
 
@@ -83,11 +84,11 @@ def run_ours(model, ids, grid, spg, px, steps):
     """Prefill + `steps` decode steps feeding a fixed continuation; returns the logits of every step."""
     c = model.c
     grids = [grid] if grid else []
-    pos = M.rope_index(ids, grids, [spg] if grid else [], c)
+    pos = Q25.rope_index(ids, grids, [spg] if grid else [], c)
     cache = M.KVCache.empty(c, len(ids) + steps, "cpu", torch.float32)
     with torch.no_grad():
         emb = model.visual(px, grids) if grid else None
-        logits, _ = model(model.embed(torch.tensor(ids), emb), pos, cache)
+        logits, _ = model(model.embed(torch.tensor(ids), M.Visual(emb) if grid else None), pos, cache)
         out, nxt = [logits], int(pos.max()) + 1
         for s in range(steps):
             tok = torch.tensor([1000 + 37 * s])
@@ -130,9 +131,9 @@ def test_cached_decode_equals_full_forward(pair):
         emb = ours.visual(px, [grid])
         for s in range(steps + 1):
             full = ids + [1000 + 37 * j for j in range(s)]
-            pos = M.rope_index(ids, [grid], [spg], c)
+            pos = Q25.rope_index(ids, [grid], [spg], c)
             pos = torch.cat([pos, torch.arange(s).expand(3, -1) + int(pos.max()) + 1], 1)
-            logits, _ = ours(ours.embed(torch.tensor(full), emb), pos, M.KVCache.empty(c, len(full), "cpu", torch.float32))
+            logits, _ = ours(ours.embed(torch.tensor(full), M.Visual(emb)), pos, M.KVCache.empty(c, len(full), "cpu", torch.float32))
             assert rel_diff(stepped[s], logits) <= 1e-5
 
 
@@ -199,7 +200,7 @@ def _truncate_shard(d):
 
 
 def test_device_map_placement(ckpt):
-    c = M.Config.from_json(os.path.join(ckpt, "config.json"))
+    c = Q25.Config.from_json(os.path.join(ckpt, "config.json"))
     devs = ["cuda:0", "cuda:1"]
     where = lambda name: M.placement(name, c, "cpu", devs)
     assert [where(f"llm.layers.{i}.gate_up") for i in range(c.n_layers)] == devs  # 2 layers over 2 GPUs

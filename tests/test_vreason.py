@@ -15,6 +15,7 @@ from test_generate import prepared
 from test_model import prompt
 
 import model as M
+import qwen25vl as Q25
 import vreason as R
 
 STOP = {IM_END, ENDOFTEXT}
@@ -34,11 +35,11 @@ def prefilled(model, prep, decode=2):
     its position and its token."""
     cache = M.KVCache.empty(model.c, len(prep.ids) + decode + 1, "cpu", model.dtype)
     with torch.no_grad():
-        logits, h_in = model(model.embed(prep.ids, prep.video_embeds), prep.pos, cache)
+        logits, h_in = model.prefill(prep.ids, prep.pos, prep.visual, cache)
         pos, token = prep.pos[:, -1:], prep.ids[-1:]
         for t in range(decode):
             pos, token = torch.full((3, 1), int(prep.pos.max()) + 1 + t), logits.argmax()[None]
-            logits, h_in = model(model.embed(token), pos, cache)
+            logits, h_in = model.decode(token, pos, cache)
     return cache, h_in, pos, token
 
 
@@ -61,7 +62,7 @@ def test_lite_ratio0_is_vreason(tiny):
 def test_text_only_prompt_runs_as_baseline(tiny):
     """No video rows: nothing to steer or prune, so every mode decodes like the baseline."""
     ids = prompt(0)
-    prep = R.Prepared(torch.tensor(ids), M.rope_index(ids, [], [], tiny.c), None, None, 0.0)
+    prep = R.Prepared(torch.tensor(ids), Q25.rope_index(ids, [], [], tiny.c), None, None, 0.0)
     base = tokens(tiny, prep)
     assert tokens(tiny, prep, mode="vreason") == tokens(tiny, prep, mode="lite") == base
 
@@ -84,7 +85,7 @@ def full_recompute_logits(model, cache, h_in_token, pos, ctrl):
         q, _, _ = layer.project(h, cos[None], sin[None])
         V = cache.v[i][:, :n]
         if i == model.c.n_layers - 1:
-            V = torch.cat([V[:, : ctrl.lo], ctrl.rows().to(V.dtype), V[:, ctrl.hi :]], 1)
+            V = V.index_copy(1, ctrl.idx, ctrl.rows().to(V.dtype))
         h = layer.finish(h, q, cache.k[i][:, :n], V)
     return model.logits(h)[0]
 
@@ -93,11 +94,10 @@ def full_recompute_logits(model, cache, h_in_token, pos, ctrl):
 def test_shortcut_gradient_equals_full_model_and_finite_differences(ckpt, kl):
     model = M.load_model(ckpt, dtype=torch.float64)
     prep = prepared(model, (2, 8, 12), 1.0)[0]
-    prep.video_embeds = prep.video_embeds.double()
+    prep.visual = M.Visual(prep.visual.embeds.double(), [x.double() for x in prep.visual.deepstack])
     cache, h_in, pos, token = prefilled(model, prep, decode=2)
-    lo, hi = R.video_span(prep.ids, model.c.video_token_id)
     s = R.Settings(mode="vreason", kl=kl)
-    ctrl = R.Controller(cache, lo, hi, s)
+    ctrl = R.Controller(cache, R.video_rows(model, prep.ids), s)
     with torch.no_grad():
         ctrl.dv.copy_(0.3 * torch.randn_like(ctrl.dv, generator=torch.Generator().manual_seed(0)))
     loss_fn = lambda logits: -1.0 * R.kl_to_uniform(logits, kl)  # alpha = -1
@@ -136,24 +136,27 @@ def test_no_graph_or_weight_grad_survives(tiny):
 def test_updated_rows_keep_their_norm(tiny, controller):
     prep = prepared(tiny, (2, 12, 20), 1.0)[0]
     cache, h_in, pos, _ = prefilled(tiny, prep)
-    lo, hi = R.video_span(prep.ids, tiny.c.video_token_id)
-    v0 = cache.v[-1][:, lo:hi].clone()
-    ctrl = R.Controller(cache, lo, hi, R.Settings(mode="vreason", lr=0.2, steps=3, controller=controller))
+    rows = R.video_rows(tiny, prep.ids)
+    v0 = cache.v[-1][:, rows].clone()
+    ctrl = R.Controller(cache, rows, R.Settings(mode="vreason", lr=0.2, steps=3, controller=controller))
     ctrl.update(tiny, cache, h_in, pos, alpha=-1.0)
-    v1 = cache.v[-1][:, lo:hi]
-    assert (v1 - v0).abs().max() > 1e-3  # the rows did turn
+    v1 = cache.v[-1][:, rows]
+    assert (v1 - v0).abs().min(-1).values.min() > 0  # every video row turned (each span, each head)
     assert torch.allclose(v1.norm(dim=-1), v0.norm(dim=-1), rtol=1e-5, atol=0)
     assert ctrl.dv.shape == ((v0.shape[0], 1, v0.shape[2]) if controller == "shared" else v0.shape)
-    # only the last layer's video value rows changed
-    assert torch.equal(cache.v[-1][:, :lo], prefilled(tiny, prep)[0].v[-1][:, :lo])
+    # nothing else changed: other rows of the last layer (text, timestamps), all other layers, all keys
+    fresh, n = prefilled(tiny, prep)[0], cache.length
+    text = torch.ones(n, dtype=torch.bool)
+    text[rows] = False
+    assert torch.equal(cache.v[-1][:, :n][:, text], fresh.v[-1][:, :n][:, text])
+    assert all(torch.equal(a[:, :n], b[:, :n]) for a, b in zip(cache.v[:-1] + cache.k, fresh.v[:-1] + fresh.k))
 
 
 @pytest.mark.parametrize("objective,alpha,sign", [("minimize", -1.0, -1), ("maximize", 1.0, 1)])
 def test_one_step_moves_entropy_the_right_way(tiny, objective, alpha, sign):
     prep = prepared(tiny, (2, 12, 20), 1.0)[0]
     cache, h_in, pos, _ = prefilled(tiny, prep)
-    lo, hi = R.video_span(prep.ids, tiny.c.video_token_id)
-    ctrl = R.Controller(cache, lo, hi, R.Settings(mode="vreason", objective=objective, lr=0.05))
+    ctrl = R.Controller(cache, R.video_rows(tiny, prep.ids), R.Settings(mode="vreason", objective=objective, lr=0.05))
     with torch.no_grad():
         before = float(R.entropy(ctrl.logits(tiny, cache, h_in, pos)))
     ctrl.update(tiny, cache, h_in, pos, alpha)
@@ -165,8 +168,7 @@ def test_one_step_moves_entropy_the_right_way(tiny, objective, alpha, sign):
 def test_adam_is_torch_adam(tiny):
     """Controller.adam writes out torch.optim.Adam (default betas, eps): the same numbers, bit for bit."""
     prep = prepared(tiny, (2, 8, 8), 1.0)[0]
-    cache, lo, hi = prefilled(tiny, prep)[0], *R.video_span(prep.ids, tiny.c.video_token_id)
-    ctrl = R.Controller(cache, lo, hi, R.Settings(mode="vreason", lr=0.03))
+    ctrl = R.Controller(prefilled(tiny, prep)[0], R.video_rows(tiny, prep.ids), R.Settings(mode="vreason", lr=0.03))
     ref = ctrl.dv.detach().clone().requires_grad_()
     opt = torch.optim.Adam([ref], lr=0.03)
     gen = torch.Generator().manual_seed(0)
@@ -183,16 +185,19 @@ def spec_loop(model, prep, s, n):
     """Spec §4 read literally: a fresh last-layer recompute for every Adam step, torch.optim.Adam, no shared forward."""
     cache = M.KVCache.empty(model.c, len(prep.ids) + n, "cpu", model.dtype)
     with torch.no_grad():
-        logits, h_in = model(model.embed(prep.ids, prep.video_embeds), prep.pos, cache)
-    lo, hi = R.video_span(prep.ids, model.c.video_token_id)
+        logits, h_in = model.prefill(prep.ids, prep.pos, prep.visual, cache)
+    idx = R.video_rows(model, prep.ids)
     if s.prune_ratio:
-        hi = R.prune(cache, lo, hi, s.prune_ratio, s.prune_policy)
-    v0 = cache.v[-1][:, lo:hi].clone()
+        idx, _ = R.prune(cache, idx, s.prune_ratio, s.prune_policy)
+    v0 = cache.v[-1][:, idx].clone()
     dv = torch.zeros_like(v0, requires_grad=True)
     opt = torch.optim.Adam([dv], lr=s.lr)
     rows = lambda: (v0 + dv) / ((v0 + dv).norm(dim=-1, keepdim=True) + 1e-6) * v0.norm(dim=-1, keepdim=True)
-    layer_l = lambda: model.last_layer(h_in, pos, cache.k[-1][:, : cache.length],
-                                       torch.cat([cache.v[-1][:, :lo], rows(), cache.v[-1][:, hi : cache.length]], 1))
+
+    def layer_l():  # the last layer over values whose video rows are rows()
+        V = cache.v[-1][:, : cache.length].clone()
+        V[:, idx] = rows()
+        return model.last_layer(h_in, pos, cache.k[-1][:, : cache.length], V)
     pos, ema, peak, out = prep.pos[:, -1:], None, None, []
     for t in range(n):
         H = float(R.entropy(logits))
@@ -205,7 +210,7 @@ def spec_loop(model, prep, s, n):
                 (alpha * (math.log(logits.numel()) - R.entropy(layer_l()))).backward()
                 opt.step()
             with torch.no_grad():
-                cache.v[-1][:, lo:hi] = rows()
+                cache.v[-1][:, idx] = rows()
                 if s.redecode:
                     logits = layer_l()
         token = int(logits.argmax())
@@ -214,7 +219,7 @@ def spec_loop(model, prep, s, n):
             break
         pos = torch.full((3, 1), int(prep.pos.max()) + 1 + t)
         with torch.no_grad():
-            logits, h_in = model(model.embed(torch.tensor([token])), pos, cache)
+            logits, h_in = model.decode(torch.tensor([token]), pos, cache)
     return out
 
 
@@ -267,19 +272,19 @@ def test_prune_keeps_largest_value_norms(tiny, policy):
     prep = prepared(tiny, (2, 12, 20), 1.0)[0]
     cache = prefilled(tiny, prep, decode=1)[0]
     before = M.KVCache([k.clone() for k in cache.k], [v.clone() for v in cache.v], cache.length)
-    lo, hi = R.video_span(prep.ids, tiny.c.video_token_id)
-    n = hi - lo
-    new_hi = R.prune(cache, lo, hi, 0.5, policy)
-    assert new_hi - lo == n - n // 2 and cache.length == before.length - n // 2
-    for i in range(tiny.c.n_layers):
-        src = before.v[-1 if policy == "last-layer" else i]
-        score = src[:, lo:hi].norm(dim=-1).mean(0)
-        kept = score.argsort(descending=True)[: n - n // 2].sort().values + lo
-        assert score[kept - lo].min() >= score[torch.tensor(sorted(set(range(lo, hi)) - set(kept.tolist()))) - lo].max()
+    rows = R.video_rows(tiny, prep.ids)
+    n, T0, L = len(rows), cache.length, tiny.c.n_layers
+    new_rows, kept = R.prune(cache, rows, 0.5, policy)
+    assert len(new_rows) == n - n // 2 and cache.length == T0 - n // 2 and kept.shape == (L, n)
+    for i in range(L):
+        score = before.v[-1 if policy == "last-layer" else i][:, rows].norm(dim=-1).mean(0)
+        assert int(kept[i].sum()) == n - n // 2 and score[kept[i]].min() >= score[~kept[i]].max()
+        alive = torch.ones(T0, dtype=torch.bool)  # the compacted cache: every old row but the dropped ones, in order
+        alive[rows[~kept[i]]] = False
         for new, old in ((cache.k[i], before.k[i]), (cache.v[i], before.v[i])):
-            assert torch.equal(new[:, lo:new_hi], old[:, kept])
-            assert torch.equal(new[:, :lo], old[:, :lo])  # text before the video untouched
-            assert torch.equal(new[:, new_hi : cache.length], old[:, hi : before.length])  # text after, shifted
+            assert torch.equal(new[:, : cache.length], old[:, :T0][:, alive])
+    assert torch.equal(cache.v[-1][:, new_rows], before.v[-1][:, rows[kept[-1]]])  # where the controller's rows went
+    assert torch.equal(kept[0], kept[-1]) == (policy == "last-layer")
 
 
 def test_pruned_decoding_equals_masked_full_forward(tiny):
@@ -288,32 +293,30 @@ def test_pruned_decoding_equals_masked_full_forward(tiny):
     prep = prepared(tiny, (2, 12, 20), 1.0)[0]
     steps = 5
     cache = M.KVCache.empty(tiny.c, len(prep.ids) + steps, "cpu", torch.float32)
-    lo, hi = R.video_span(prep.ids, tiny.c.video_token_id)
+    rows = R.video_rows(tiny, prep.ids)
     with torch.no_grad():
-        logits, _ = tiny(tiny.embed(prep.ids, prep.video_embeds), prep.pos, cache)
-        full = M.KVCache([k.clone() for k in cache.k], [v.clone() for v in cache.v], cache.length)
-        R.prune(cache, lo, hi, 0.5, "per-layer")
-        kept = [set(torch.nonzero((full.v[i][:, lo:hi, None] == cache.v[i][:, None, lo : lo + (hi - lo) - (hi - lo) // 2]).all(-1).all(0).any(-1)).flatten().tolist()) for i in range(tiny.c.n_layers)]
+        logits, _ = tiny.prefill(prep.ids, prep.pos, prep.visual, cache)
+        _, kept = R.prune(cache, rows, 0.5, "per-layer")
         toks, stepped, nxt = [], [logits], int(prep.pos.max()) + 1
         for t in range(steps):
             toks.append(int(stepped[-1].argmax()))
-            logits, _ = tiny(tiny.embed(torch.tensor(toks[-1:])), torch.full((3, 1), nxt + t), cache)
+            logits, _ = tiny.decode(torch.tensor(toks[-1:]), torch.full((3, 1), nxt + t), cache)
             stepped.append(logits)
-        # the masked full forward
+        # the masked full forward (DeepStack applies to the prompt's video rows, as in prefill)
         ids = torch.cat([prep.ids, torch.tensor(toks)])
         pos = torch.cat([prep.pos, torch.arange(steps).expand(3, -1) + nxt], 1)
         S, P = len(ids), len(prep.ids)
-        h = tiny.embed(ids, prep.video_embeds)
+        h = tiny.embed(ids, prep.visual)
         cos, sin = tiny.rope(pos, h.dtype)
         for i, layer in enumerate(tiny.llm.layers):
             mask = torch.ones(S, S).tril().bool()
-            dropped = [lo + j for j in range(hi - lo) if j not in kept[i]]
-            mask[P:, dropped] = False
+            mask[P:, rows[~kept[i]]] = False
             q, k, v = layer.project(h, cos[None], sin[None])
             h = layer.finish(h, q, k, v, mask)
+            if i < len(prep.visual.deepstack):
+                h[ids == tiny.c.video_token_id] += prep.visual.deepstack[i]
         ref = tiny.logits(h)
-    assert all(len(kept[i]) == (hi - lo) - (hi - lo) // 2 for i in range(tiny.c.n_layers))
-    assert kept[0] != kept[-1]  # per-layer keep sets really differ, so the test is not trivial
+    assert not torch.equal(kept[0], kept[-1])  # per-layer keep sets really differ, so the test is not trivial
     for t in range(steps + 1):
         assert torch.allclose(stepped[t], ref[P - 1 + t], rtol=0, atol=1e-5 * float(ref.abs().max())), t
     # generate() itself (pruning alone: baseline + --prune-ratio) follows the same path, positions included
@@ -321,7 +324,7 @@ def test_pruned_decoding_equals_masked_full_forward(tiny):
     run = list(R.generate(tiny, prep, R.Settings(prune_ratio=0.5, max_new_tokens=steps + 1), set(), info))
     assert [st.token for st in run] == ref[P - 1 :].argmax(-1).tolist() == toks + [int(stepped[-1].argmax())]
     assert all(abs(st.entropy - float(R.entropy(ref[P - 1 + t]))) < 1e-4 for t, st in enumerate(run))
-    assert info["video_tokens_kept"] == hi - lo - (hi - lo) // 2 and info["kv_bytes_after"] < info["kv_bytes_before"]
+    assert info["video_tokens_kept"] == len(rows) - len(rows) // 2 and info["kv_bytes_after"] < info["kv_bytes_before"]
 
 
 # ----------------------------------------------------------------------------- no state leaks between samples

@@ -1,0 +1,137 @@
+"""Qwen2.5-VL (3B-72B): its config, its vision encoder (window attention, RMSNorm, SwiGLU) and its M-RoPE positions
+(the temporal index follows the sampled time). The decoder, the cache and the loader are shared (model.py).
+Spec: ../shared/spec/qwen25vl.md (section numbers below); reference: transformers 4.51.3.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import model as M
+import video as V
+
+
+@dataclass
+class Config(M.TextConfig):
+    v_depth: int
+    v_hidden: int
+    v_heads: int
+    v_intermediate: int
+    in_chans: int
+    patch_size: int
+    temporal_patch_size: int
+    merge_size: int
+    window_size: int  # pixels
+    fullatt_blocks: tuple
+    tokens_per_second: float
+
+    @classmethod
+    def from_json(cls, path):
+        """An official config.json (flat, `rope_scaling`) or a newer nested one (`text_config`, `rope_parameters`) (§1.2)."""
+        text, top = M.TextConfig.fields_from(path, "qwen2_5_vl", interleaved=False)
+        v = top.sub("vision_config")
+        if v.get("hidden_act", str, "silu") != "silu":
+            raise M.ModelError(f"{path}: vision_config.hidden_act {v.d['hidden_act']!r} is not supported (expected 'silu')")
+        c = cls(**text, v_depth=v.get("depth"), v_hidden=v.get("hidden_size"), v_heads=v.get("num_heads"),
+                v_intermediate=v.get("intermediate_size"), in_chans=v.get("in_chans", int, v.get("in_channels", int, 3)),
+                patch_size=v.get("patch_size"), temporal_patch_size=v.get("temporal_patch_size"),
+                merge_size=v.get("spatial_merge_size"), window_size=v.get("window_size"),
+                fullatt_blocks=v.ints("fullatt_block_indexes"), tokens_per_second=v.get("tokens_per_second", float))
+        c.check(path)
+        if v.get("out_hidden_size") != c.hidden_size:
+            raise M.ModelError(f"{path}: vision out_hidden_size {v.d['out_hidden_size']} != hidden_size {c.hidden_size}")
+        return c
+
+
+# ----------------------------------------------------------------------------- vision encoder (§2)
+
+class MLP(nn.Module):  # SwiGLU with bias
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = nn.Linear(dim, hidden), nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class PatchMerger(nn.Module):  # 2x2 neighbouring patches -> one LLM token
+    def __init__(self, c):
+        super().__init__()
+        self.ln_q = M.RMSNorm(c.v_hidden, 1e-6)
+        self.mlp = nn.Sequential(nn.Linear(4 * c.v_hidden, 4 * c.v_hidden), nn.GELU(), nn.Linear(4 * c.v_hidden, c.hidden_size))
+
+    def forward(self, x):  # [N, Dv] -> [N/4, D]
+        return self.mlp(self.ln_q(x).view(-1, self.mlp[0].in_features))
+
+
+def window_index(grids, ws):
+    """Order merged tokens window by window (ws x ws merged tokens per window, §2.4). Returns the permutation
+    [M] and the cumulative patch boundaries of the non-empty windows."""
+    order, cu, offset = [], [0], 0
+    for t, h, w in grids:
+        lh, lw = h // 2, w // 2
+        nh, nw = lh // ws + 1, lw // ws + 1  # the reference pads a whole extra window when lh % ws == 0: empty, dropped
+        grid = torch.full((t, nh * ws, nw * ws), -1)
+        grid[:, :lh, :lw] = torch.arange(t * lh * lw).view(t, lh, lw)
+        win = grid.view(t, nh, ws, nw, ws).permute(0, 1, 3, 2, 4).reshape(t * nh * nw, ws * ws)
+        lens = (win >= 0).sum(-1)
+        order.append(win[win >= 0] + offset)
+        cu += (lens[lens > 0].cumsum(0) * 4 + cu[-1]).tolist()
+        offset += t * lh * lw
+    return torch.cat(order), cu
+
+
+class VisionEncoder(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv3d(c.in_chans, c.v_hidden, (c.temporal_patch_size, c.patch_size, c.patch_size), bias=False)
+        self.blocks = nn.ModuleList(M.VisionBlock(c.v_hidden, c.v_heads, lambda: M.RMSNorm(c.v_hidden, 1e-6),
+                                                  MLP(c.v_hidden, c.v_intermediate)) for _ in range(c.v_depth))
+        self.merger = PatchMerger(c)
+
+    def forward(self, pixels, grids):  # pixels [N, C*Tp*P*P] fp32, grids [(t, h, w)] in patches -> [N/4, D]
+        c, dev = self.c, pixels.device
+        x = M.patch_embed(self.patch_embed.proj, pixels)
+        N, dv = x.shape[0], c.v_hidden // c.v_heads
+        ang = M.vision_angles(grids, dv, c.merge_size)  # [N, dv/2]
+        # reorder merged-token groups of 4 patches window by window; window blocks attend within a window,
+        # full blocks within one 2-frame group (the reorder keeps each group contiguous)
+        win, cu_win = window_index(grids, c.window_size // c.merge_size // c.patch_size)
+        x = x.view(N // 4, 4, -1)[win.to(dev)].view(N, -1)
+        ang = torch.cat([ang.view(N // 4, 4, -1)[win], ang.view(N // 4, 4, -1)[win]], -1).view(N, 1, dv).to(dev)
+        cos, sin = ang.cos(), ang.sin()
+        seg_win, seg_full = M.segment_groups(cu_win, dev), M.segment_groups(M.frame_groups(grids), dev)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, cos, sin, seg_full if i in c.fullatt_blocks else seg_win)
+        return self.merger(x)[torch.argsort(win).to(dev)]  # back to (t, h, w) token order
+
+
+# ----------------------------------------------------------------------------- M-RoPE positions (§3.3)
+
+def rope_index(ids, video_grids, second_per_grid, c):
+    """Qwen's reference M-RoPE positions for one sequence. ids: list[int]; video_grids: [(t, h, w)] in patches;
+    second_per_grid: [float] per video. Returns positions [3, S] (T, H, W rows), int64. The temporal index is
+    floor(t * second_per_grid * tokens_per_second) computed in float32, as the reference does (transformers 4.57
+    casts second_per_grid to an integer first, which breaks fractional sample rates: our oracle is 4.51.3)."""
+    m = c.merge_size
+    blocks = [((torch.arange(t, dtype=torch.float32) * torch.tensor(spg, dtype=torch.float32) * c.tokens_per_second).long(),
+               h // m, w // m) for (t, h, w), spg in zip(video_grids, second_per_grid)]
+    return M.grid_positions(ids, c, blocks)
+
+
+# ----------------------------------------------------------------------------- the model
+
+class Model(M.VideoLM):
+    def __init__(self, c):
+        super().__init__(c)
+        self.visual = VisionEncoder(c)
+
+    def encode_video(self, video):
+        return M.Visual(self.visual(video.pixel_values.to(self.visual.merger.ln_q.weight.device), [video.grid_thw]))
+
+    def prompt(self, tok, question, video, system=None):
+        ids = V.build_prompt(tok, question, video.n_tokens, system)
+        return ids, rope_index(ids, [video.grid_thw], [video.second_per_grid], self.c)
