@@ -122,3 +122,13 @@ def oracle3(script, *args, timeout=900):
                        timeout=timeout, env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "tests")})
     assert r.returncode == 0, f"oracle {script} failed:\n{r.stderr[-4000:]}"
     return r.stdout
+
+
+@pytest.fixture(scope="session")
+def qwen3(tmp_path_factory):
+    """Tiny Qwen3-VL checkpoints written by transformers 4.57.6 (save_pretrained: untied + sharded, tied + one file)
+    and the oracle's outputs on the cases of qwen3_cases.py: {"dir": {name: path}, "ref": {name: {...}}}."""
+    out = tmp_path_factory.mktemp("qwen3")
+    oracle3("oracle3_model.py", out)
+    ref = torch.load(out / "reference.pt", weights_only=False)
+    return {"dir": {name: str(out / name) for name in ref}, "ref": ref}

@@ -1,0 +1,129 @@
+"""qwen3vl.py against its oracle, transformers 4.57.6 (a venv of its own, see conftest.oracle3), on tiny random
+checkpoints it wrote with save_pretrained, in float32: vision + DeepStack features, positions, logits, greedy tokens."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from conftest import rel_diff
+from qwen3_cases import GENERATE, GRIDS, LOGITS, STOP, pixels, prompt
+
+import model as M
+import qwen3vl as Q3
+import video as V
+import vreason as R
+
+TOL = 1e-4  # relative max diff (issue 9)
+
+
+@pytest.fixture(scope="module")
+def models(qwen3):
+    return {name: M.load_model(d) for name, d in qwen3["dir"].items()}
+
+
+def test_config_from_the_file(qwen3):
+    c = Q3.Config.from_json(os.path.join(qwen3["dir"]["untied"], "config.json"))
+    assert (c.head_dim, c.hidden_size, c.n_heads, c.n_kv_heads) == (32, 64, 4, 2)  # explicit head_dim != hidden / heads
+    assert c.mrope_section == (6, 5, 5) and c.rope_theta == 5e6 and c.deepstack == (0, 2) and c.n_pos_embed == 64
+    assert not c.attn_bias and c.qk_norm and not c.tie_word_embeddings and c.max_positions == 32768
+    # interleaved M-RoPE: T by default, H at j % 3 == 1 and W at j % 3 == 2 below 3 x their section
+    assert c.rope_axis == (0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0)
+    assert Q3.Config.from_json(os.path.join(qwen3["dir"]["tied"], "config.json")).tie_word_embeddings
+
+
+@pytest.mark.parametrize("grids", GRIDS, ids=str)
+def test_vision_and_deepstack_features_match(models, qwen3, grids):
+    emb_ref, deep_ref = qwen3["ref"]["untied"]["vision"][str(grids)]
+    px = torch.cat([pixels(g, i) for i, g in enumerate(grids)])
+    with torch.no_grad():
+        emb, deep = models["untied"].visual(px, grids)
+    assert emb.shape == emb_ref.shape == (sum(t * h * w for t, h, w in grids) // 4, 64)
+    assert rel_diff(emb, emb_ref) <= TOL
+    assert len(deep) == len(deep_ref) == 2
+    for a, b in zip(deep, deep_ref):
+        assert rel_diff(a, b) <= TOL
+
+
+@pytest.mark.parametrize("grid", sorted({g for g, _ in LOGITS + GENERATE if g}) + [None], ids=str)
+def test_positions_match_get_rope_index(models, qwen3, grid):
+    ref, delta = qwen3["ref"]["untied"]["positions"][grid]
+    ids = prompt(grid)
+    c = models["untied"].c
+    ours = Q3.rope_index(ids, [grid] if grid else [], c)
+    assert torch.equal(ours, ref)
+    assert int(ours.max()) + 1 - len(ids) == delta
+
+
+def run_ours(model, grid, steps, seed=0):
+    ids, c = prompt(grid, seed), model.c
+    pos = Q3.rope_index(ids, [grid] if grid else [], c)
+    cache = model.new_cache(len(ids) + steps)
+    with torch.no_grad():
+        visual = model.encode_video(V.Video(pixels(grid, seed), grid, None, {})) if grid else None
+        logits, _ = model.prefill(torch.tensor(ids), pos, visual, cache)
+        out, nxt = [logits], int(pos.max()) + 1
+        for s in range(steps):
+            logits, _ = model.decode(torch.tensor([1000 + 37 * s]), torch.full((3, 1), nxt + s), cache)
+            out.append(logits)
+    return out
+
+
+@pytest.mark.parametrize("name", ["untied", "tied"])
+@pytest.mark.parametrize("grid,steps", LOGITS, ids=str)
+def test_prefill_and_decode_logits_match(models, qwen3, name, grid, steps):
+    ref = qwen3["ref"][name]["logits"][grid]
+    for step, (a, b) in enumerate(zip(run_ours(models[name], grid, steps), ref)):
+        assert rel_diff(a, b) <= TOL, f"step {step}"
+
+
+@pytest.mark.parametrize("grid,n", GENERATE, ids=str)
+def test_greedy_matches_generate(models, qwen3, grid, n):
+    model = models["untied"]
+    ids = prompt(grid, seed=1)
+    visual = model.encode_video(V.Video(pixels(grid, 1), grid, None, {}))
+    prep = R.Prepared(torch.tensor(ids), Q3.rope_index(ids, [grid], model.c), visual, None, 0.0)
+    mine = [st.token for st in R.generate(model, prep, R.Settings(max_new_tokens=n), set(STOP))]
+    ref = qwen3["ref"]["untied"]["generate"][grid]
+    assert len(mine) == len(ref) >= 32
+    assert mine == ref
+
+
+def test_tied_head_keeps_one_table(models):
+    assert models["tied"].llm.embed_tokens is None and models["untied"].llm.embed_tokens is not None
+
+
+def test_other_key_prefixes_and_shards_load_the_same(qwen3, tmp_path):
+    """The same weights under the other key era (visual.*, model.*) in one unsharded file load identically."""
+    from safetensors.torch import load_file, save_file
+
+    src, dst = qwen3["dir"]["untied"], tmp_path / "rekeyed"
+    dst.mkdir()
+    sd = {}
+    for f in os.listdir(src):
+        if f.endswith(".safetensors"):
+            sd.update(load_file(os.path.join(src, f)))
+    ren = {("visual." + k[len("model.visual."):] if k.startswith("model.visual.") else
+            "model." + k[len("model.language_model."):] if k.startswith("model.language_model.") else k): v for k, v in sd.items()}
+    save_file(ren, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    shutil.copy(os.path.join(src, "config.json"), dst / "config.json")
+    a, b = M.load_model(src), M.load_model(str(dst))
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (dict(vision_config={"num_position_embeddings": 50}), "square"),
+    (dict(text_config={"rope_scaling": {"mrope_section": [6, 5, 4]}}), "mrope_section"),
+    (dict(vision_config={"deepstack_visual_indexes": [0, 7]}), "deepstack"),
+    (dict(text_config={"head_dim": "32"}), "head_dim"),
+])
+def test_config_errors_name_the_key(qwen3, tmp_path, edit, msg):
+    d = tmp_path / "m"
+    shutil.copytree(qwen3["dir"]["tied"], d)
+    cfg = json.loads((d / "config.json").read_text())
+    for k, v in edit.items():
+        cfg[k].update(v)
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(M.ModelError, match=msg):
+        M.load_model(str(d))
