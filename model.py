@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 FAMILIES = {"qwen2_5_vl": "qwen25vl", "qwen3_vl": "qwen3vl"}  # config.json model_type -> the family's module
 
@@ -138,9 +139,12 @@ class TextConfig:
             torch_dtype=t.get("torch_dtype", str, None) or top.get("dtype", str, "bfloat16"),
         ), top
 
-    def check(self, path):
+    def check(self, path):  # what the sizes must satisfy together (each was checked alone when read)
         if self.n_heads % self.n_kv_heads:
             raise ModelError(f"{path}: num_attention_heads {self.n_heads} is not a multiple of num_key_value_heads {self.n_kv_heads}")
+        for key in ("image_token_id", "video_token_id", "vision_start_token_id"):
+            if getattr(self, key) >= self.vocab_size:
+                raise ModelError(f"{path}: {key} {getattr(self, key)} is outside the vocabulary ({self.vocab_size})")
 
 
 def rope_axis(section, interleaved):
@@ -274,21 +278,31 @@ def grid_positions(ids, c, blocks):
 
 @dataclass
 class KVCache:
-    """Per-layer key/value tensors that we own. Rows [0, length) are valid; keys are stored after RoPE, so rows
-    can be edited (the V-Reason controller) or dropped (V-Reason Lite) without recomputing anything."""
+    """Per-layer key/value tensors that we own, preallocated. Rows [0, length) are valid; keys are stored after RoPE,
+    so rows can be edited (the V-Reason controller) or dropped (V-Reason Lite) without recomputing anything. `at`
+    holds, on each device, the row the next decode step writes: a step reads it as a tensor, never as a Python int."""
     k: list  # n_layers x [Hkv, T_max, d]
     v: list  # n_layers x [Hkv, T_max, d]
     length: int = 0
+    at: dict = field(default_factory=dict)  # device -> int64 [1]
 
     @classmethod
     def empty(cls, c, max_len, device, dtype):  # device: one, or one per layer (a model split across GPUs)
         devs = device if isinstance(device, (list, tuple)) else [device] * c.n_layers
         shape = (c.n_kv_heads, max_len, c.head_dim)
-        return cls([torch.empty(shape, device=d, dtype=dtype) for d in devs],
-                   [torch.empty(shape, device=d, dtype=dtype) for d in devs])
+        # zeros, not empty: a decode step attends over every row under a mask, and 0 * NaN of a garbage row is NaN
+        return cls([torch.zeros(shape, device=d, dtype=dtype) for d in devs],
+                   [torch.zeros(shape, device=d, dtype=dtype) for d in devs],
+                   at={torch.device(d): torch.zeros(1, dtype=torch.long, device=d) for d in devs})
 
     def nbytes(self):  # bytes of the valid rows
         return sum(2 * t[:, : self.length].numel() * t.element_size() for t in self.k)
+
+
+# SDPA may pick cuDNN attention on an H100 with recent torch; its plans are keyed on the exact key length, so every
+# new prompt length and every controller update (attention over the valid rows) would build a plan, and the plan cache
+# grows over an eval run. Flash, memory-efficient and math kernels do not re-plan per length.
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class DecoderLayer(nn.Module):
@@ -325,7 +339,8 @@ class DecoderLayer(nn.Module):
         """Attention of q [H, S, d] over K/V [Hkv, T, d] (causal when S > 1 and no mask), o_proj, residual, MLP."""
         S = q.shape[1]
         causal = S > 1 and mask is None
-        o = F.scaled_dot_product_attention(q[None], K[None], V[None], attn_mask=mask, is_causal=causal, enable_gqa=True)
+        with sdpa_kernel(SDPA_BACKENDS):
+            o = F.scaled_dot_product_attention(q[None], K[None], V[None], attn_mask=mask, is_causal=causal, enable_gqa=True)
         x = x + o[0].transpose(0, 1).reshape(S, -1) @ self.o
         gate, up = (self.post_attention_layernorm(x) @ self.gate_up).chunk(2, -1)
         return x + (F.silu(gate) * up) @ self.down
@@ -389,8 +404,18 @@ class VideoLM(nn.Module):
         deepstack = (ids == self.c.video_token_id, visual.deepstack) if visual is not None and visual.deepstack else None
         return self(self.embed(ids, visual), pos, cache, deepstack=deepstack)
 
-    def decode(self, token, pos, cache, finish=True):  # token: [1] int64 on the embedding's device
-        return self(self.embed(token), pos, cache, finish=finish)
+    def decode(self, token, pos, cache, finish=True):
+        """One token (token [1] int64 on the embedding's device, pos [3, 1]) written at row cache.length. The step
+        itself (`step`, which compile_decode() compiles) sees that row only as a device tensor (cache.at): its shapes
+        and Python values are the same for every token, and it makes no host sync."""
+        for at in cache.at.values():
+            at.fill_(cache.length)  # a fill kernel with the value as its argument: asynchronous
+        out = self.step(token, pos, cache, finish)
+        cache.length += 1
+        return out
+
+    def step(self, token, pos, cache, finish):
+        return self.layers(self.embed(token), pos, cache, finish=finish, at=cache.at)
 
     def last_layer(self, h_in, pos, K, V):
         """Recompute the last layer for one position from its input h_in [1, D] over the given K/V [Hkv, T, d]
@@ -445,33 +470,47 @@ class VideoLM(nn.Module):
         return upcast(h @ self.lm_head)
 
     def forward(self, h, pos, cache, finish=True, deepstack=None):
-        """Run all layers on S new rows h [S, D] at positions pos [3, S], appending their K/V to the cache.
-        Prefill (S > 1) needs an empty cache. Returns the logits of the last row [vocab] (fp32) and that row's input
-        to the last layer [1, D]. finish=False stops once the last layer's K/V are cached and returns no logits.
-        deepstack = (rows [S] bool, [features k x [rows, D]]): feature i is added to those rows after layer i
+        """Prefill: S rows h [S, D] at positions pos [3, S] into the empty cache (causal attention). Returns the logits
+        of the last row [vocab] (fp32) and that row's input to the last layer [1, D]."""
+        assert cache.length == 0, "a prefill fills an empty cache; decode() appends"
+        out = self.layers(h, pos, cache, finish, deepstack)
+        cache.length = h.shape[0]
+        return out
+
+    def layers(self, h, pos, cache, finish=True, deepstack=None, at=None):
+        """All decoder layers. Prefill (at None): rows [0, S) of the cache, causal attention. Decode (at: device -> int64
+        [1]): the one new row goes to row `at` and attends over the whole preallocated cache, rows after `at` masked.
+        finish=False stops once the last layer's K/V are cached and returns no logits (the V-Reason controller finishes
+        that layer itself). deepstack = (rows [S] bool, k x [rows, D]): feature i is added to those rows after layer i
         (Qwen3-VL's DeepStack, prefill only)."""
-        S, start = h.shape[0], cache.length
-        assert S == 1 or start == 0, "multi-token forwards run on an empty cache only"
+        S = h.shape[0]
         cos, sin = self.rope(pos, h.dtype)
-        last = self.c.n_layers - 1
+        last, masks = self.c.n_layers - 1, {}
         for i, layer in enumerate(self.llm.layers):
-            if cache.k[i].device != h.device:  # model split across devices: hop to this layer's device
-                h, cos, sin = h.to(cache.k[i].device), cos.to(cache.k[i].device), sin.to(cache.k[i].device)
-            if i == last:
-                h_last_in = h[-1:]
+            dev = cache.k[i].device
+            if dev != h.device:  # model split across devices: hop to this layer's device
+                h, cos, sin = h.to(dev), cos.to(dev), sin.to(dev)
+            if i == last:  # a copy: a view would keep the prefill's [S, D] activations alive until the next step
+                h_last_in = h[-1:].clone() if S > 1 else h
             q, k, v = layer.project(h, cos[None], sin[None])
-            cache.k[i][:, start : start + S] = k
-            cache.v[i][:, start : start + S] = v
-            # attention over the cache; only the last row matters after the last layer, so skip the others there
+            if at is None:
+                cache.k[i][:, :S], cache.v[i][:, :S] = k, v
+                K, V, mask = cache.k[i][:, :S], cache.v[i][:, :S], None
+            else:
+                cache.k[i].index_copy_(1, at[dev], k)
+                cache.v[i].index_copy_(1, at[dev], v)
+                if dev not in masks:
+                    masks[dev] = (torch.arange(cache.k[i].shape[1], device=dev) <= at[dev])[None]  # [1, T_max]
+                K, V, mask = cache.k[i], cache.v[i], masks[dev]
+            # only the last row matters after the last layer, so skip the others there
             if i == last:
                 h, q = h[-1:], q[:, -1:]
                 if not finish:
                     break
-            h = layer.finish(h, q, cache.k[i][:, : start + S], cache.v[i][:, : start + S])
+            h = layer.finish(h, q, K, V, mask)
             if deepstack is not None and i < len(deepstack[1]) and i != last:
-                rows = deepstack[0].to(h.device)
-                h = h.index_put((rows,), h[rows] + deepstack[1][i].to(h.device, h.dtype))
-        cache.length = start + S
+                rows = deepstack[0].to(dev)
+                h = h.index_put((rows,), h[rows] + deepstack[1][i].to(dev, h.dtype))
         return (self.logits(h)[0] if finish else None), h_last_in
 
 

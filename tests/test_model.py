@@ -92,7 +92,7 @@ def run_ours(model, ids, grid, spg, px, steps):
         out, nxt = [logits], int(pos.max()) + 1
         for s in range(steps):
             tok = torch.tensor([1000 + 37 * s])
-            logits, _ = model(model.embed(tok), torch.full((3, 1), nxt + s), cache)
+            logits, _ = model.decode(tok, torch.full((3, 1), nxt + s), cache)
             out.append(logits)
     return out
 
