@@ -52,7 +52,8 @@ def question(item):
 
 
 def answer_of(text):
-    """Text inside the first <answer>...</answer>; the whole text when there is none or it is empty (as Video-R1)."""
+    """Text inside the first <answer>...</answer>, stripped; the whole text when there is none or it is empty (as
+    Video-R1, which keeps that whole text unstripped: no rule in score() sees the difference)."""
     return R.extract_answer(text) or text.strip()
 
 
@@ -65,16 +66,32 @@ def to_number(s):
 
 def mra(pred, gt):
     """Mean relative accuracy over theta = 0.50, 0.55, ..., 0.95: the share of thresholds with |pred-gt|/|gt| < 1-theta.
-    In float32 with Video-R1's eps, so gt = 0 scores 1 for pred = 0 and 0 otherwise, and ties fall the same way."""
-    rel = torch.tensor(abs(pred - gt), dtype=torch.float32) / (torch.tensor(abs(gt), dtype=torch.float32) + 1e-8)
+    Video-R1's arithmetic exactly: both numbers become float32 *before* the subtraction, then eps 1e-8 and float32
+    thresholds. Ties fall its way (3.6 vs 3 scores 0.7, not the 0.6 of float64), gt = 0 scores 1 for pred = 0 and 0
+    otherwise, and a magnitude past float32's range becomes inf (1e39 vs 1e39: inf - inf = nan, scores 0)."""
+    p, g = torch.tensor(pred, dtype=torch.float32), torch.tensor(gt, dtype=torch.float32)
+    rel = (p - g).abs() / (g.abs() + 1e-8)
     return float((rel < 1 - torch.arange(0.5, 0.95 + 0.025, 0.05, dtype=torch.float32)).float().mean())
 
 
+def norm(s):  # lower case, runs of whitespace as one space
+    return " ".join(s.lower().split())
+
+
+def words(s):
+    """ROUGE tokens: lower-cased runs of a-z/0-9 (rouge_score's tokenizer, which drops everything else), and every
+    other letter or digit as a token of its own, so that text in a script without a-z (Japanese, Chinese, Russian...)
+    is compared character by character instead of vanishing. Punctuation and symbols are dropped, as in rouge_score;
+    on ASCII text the tokens are rouge_score's."""
+    return re.findall(r"[a-z0-9]+|[^\W_a-z0-9]", s.lower())
+
+
 def rouge_l(pred, gt):
-    """ROUGE-L F1 on lower-cased alphanumeric words (rouge_score's tokenizer, no stemming)."""
-    a, b = (re.sub(r"[^a-z0-9]+", " ", x.lower()).split() for x in (pred, gt))
+    """ROUGE-L F1 over words() (no stemming). A side with no token at all (only punctuation, or empty) can only match
+    the same text: "..." vs "!!!" scores 0, never 1."""
+    a, b = words(pred), words(gt)
     if not a or not b:
-        return float(a == b)
+        return float(norm(pred) == norm(gt))
     lcs = [0] * (len(b) + 1)
     for x in a:
         prev = 0
@@ -92,7 +109,7 @@ def score(ptype, pred, gt):
     if ptype == "multiple choice":
         return float(pred.strip() == gt.strip())
     if ptype == "OCR":
-        return float(" ".join(pred.lower().split()) == " ".join(gt.lower().split()))
+        return float(norm(pred) == norm(gt))
     if ptype == "free-form":
         return rouge_l(pred, gt)
     p, g = to_number(pred), to_number(gt)
@@ -121,6 +138,8 @@ def problem(x):  # what is wrong with one dataset entry, or None
         return "no video path ('path' or 'video')"
     if x["problem_type"] == "multiple choice" and not (isinstance(x.get("options"), list) and all(isinstance(o, str) for o in x["options"])):
         return "a multiple-choice entry needs 'options', a list of strings"
+    if not R.extract_answer(x["solution"]):  # Video-R1 would score every prediction against "" here
+        return "'solution' has no <answer>...</answer> with text in it"
 
 
 def load_dataset(path, limit=None):

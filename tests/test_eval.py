@@ -65,7 +65,7 @@ def test_answer_extraction_and_scoring():
     assert s("free-form", "The cat sat.", "the cat sat") == 1 and s("free-form", "dog", "cat") == 0
     assert s("free-form", "cat", "the cat sat") == pytest.approx(0.5)  # P 1, R 1/3
     assert s("free-form", "a b c d", "a x c d") == pytest.approx(0.75)  # LCS 3 of 4
-    assert s("free-form", "", "x") == 0 and s("free-form", "...", "!!") == 1
+    assert s("free-form", "", "x") == 0 and s("free-form", "...", "!!") == 0  # never 1 for two different texts
 
 
 # ----------------------------------------------------------------------------- a synthetic benchmark, predictions known
@@ -240,6 +240,10 @@ def test_malformed_dataset(tmp_path, capsys):
     err = _bad_data(tmp_path, capsys, "d.json", json.dumps([json.loads(good), no_opts]))
     assert "item 2: a multiple-choice entry needs 'options'" in err
     assert "line 3: invalid JSON" in _bad_data(tmp_path, capsys, "e.json", "[\n" + good + ",\n}")
+    for i, sol in enumerate(["B", "<answer> \n</answer>", "<answer>B", "B</answer>"]):  # Video-R1 would compare with ""
+        bad = json.dumps(dict(ENTRIES["eval_mc.jsonl"][1], solution=sol))
+        err = _bad_data(tmp_path, capsys, f"f{i}.jsonl", f"{good}\n{bad}\n")
+        assert "line 2: 'solution' has no <answer>...</answer> with text in it" in err
     assert E.main(["--data", str(tmp_path / "nope.json"), "--out", str(tmp_path / "out")]) == 2
     assert "cannot read" in capsys.readouterr().err
 
