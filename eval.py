@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import model as M
@@ -219,6 +220,27 @@ def settings(a, mode, dtype):
     return {**asdict(s), **video, "system": a.system, "model": a.model, "dtype": str(dtype).replace("torch.", "")}
 
 
+def trace_of(steps):
+    """Per generated token, compactly (one string per list, a few bytes a token): the entropy of the logits that chose
+    it and the EMA (nats, 3 decimals), the switching rule's alpha ('+' explore, '-' exploit; computed in the baseline
+    too, where nothing acts on it) and the indices of the tokens at which the controller was updated. Outputs, not
+    settings: a resume never compares them."""
+    num = lambda xs: " ".join(f"{x:.3f}".rstrip("0").rstrip(".") for x in xs)
+    return {"entropy": num(st.entropy for st in steps), "ema": num(st.ema for st in steps),
+            "alpha": "".join("+" if st.alpha > 0 else "-" for st in steps),
+            "updated_at": " ".join(str(i) for i, st in enumerate(steps) if st.updated)}
+
+
+def read_trace(r):
+    """A record's trace as numpy arrays (explore: alpha = +1), or None: an error, or a record older than traces."""
+    t = r.get("trace")
+    if not t:
+        return None
+    return {"entropy": np.array(t["entropy"].split(), float), "ema": np.array(t["ema"].split(), float),
+            "explore": np.frombuffer(t["alpha"].encode(), np.uint8) == ord("+"),
+            "updated_at": np.array(t["updated_at"].split(), int)}
+
+
 def run_sample(model, tok, a, item, modes, conf, dev, stop_ids):
     """Decode and encode the video once, then run each pending mode on the same prepared input. Yields records."""
     base = {"dataset": item["dataset"], "id": item["id"], "problem_type": item["problem_type"],
@@ -238,23 +260,23 @@ def run_sample(model, tok, a, item, modes, conf, dev, stop_ids):
     for m in modes:
         s = R.Settings(**{f.name: conf[m][f.name] for f in fields(R.Settings)})
         R.reset_peak_memory(model)
-        info, ids, t0 = {}, [], time.perf_counter()
+        info, t0 = {}, time.perf_counter()
         try:
-            ids = [st.token for st in R.generate(model, prep, s, stop_ids, info)]
+            steps = list(R.generate(model, prep, s, stop_ids, info))
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             yield fail(m, "out of GPU memory")
             continue
         R.sync(model)
         total = time.perf_counter() - t0
-        text = tok.decode(ids, skip_special_tokens=True)
+        text = tok.decode([st.token for st in steps], skip_special_tokens=True)
         pred = answer_of(text)
         sc = score(item["problem_type"], pred, base["answer"])
         yield {**base, "mode": m, "prediction": pred, "score": sc, "correct": sc == 1.0, "output": text,
-               "output_tokens": len(ids), "prefill_s": info["prefill_s"], "decode_s": total - info["prefill_s"],
+               "output_tokens": len(steps), "prefill_s": info["prefill_s"], "decode_s": total - info["prefill_s"],
                "latency_s": total, "video_s": video_s, "vision_s": prep.vision_s, "peak_memory_bytes": R.peak_memory_bytes(model),
                "video_tokens": info["video_tokens"], "video_tokens_kept": info["video_tokens_kept"],
-               "updates": info.get("updates", 0), "error": None, "settings": conf[m]}
+               "updates": info.get("updates", 0), "error": None, "settings": conf[m], "trace": trace_of(steps)}
 
 
 def progress(total):
@@ -396,6 +418,9 @@ def run(a):
     os.makedirs(a.out, exist_ok=True)
     recs = read_records(a.out)
     check_resume(recs, conf, a.out)
+    if rank == 0 and (old := sum(not r["error"] and "trace" not in r for r in recs.values())):
+        print(f"eval: {old} records in {a.out} have no per-token trace (an older eval.py made them): kept, and left "
+              f"out of the figures", file=sys.stderr)
     # The work list: every (entry, mode) not recorded yet, from all ranks' files (of this or any earlier run), grouped by
     # entry so a video is decoded once; identical on every rank, then dealt out round-robin.
     done = lambda k: k in recs and not (a.retry_errors and recs[k]["error"])

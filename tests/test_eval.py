@@ -127,8 +127,8 @@ def fake(monkeypatch, model_dir):
         if len(calls["generate"]) == calls["crash_at"]:
             raise KeyboardInterrupt  # Ctrl-C (or a crash) in the middle of the run
         info.update(prefill_s=0.01, video_tokens=5, video_tokens_kept=5, updates=0)
-        for t in tok.encode(ANSWERS[q][s.mode], add_special_tokens=False).ids + [IM_END]:
-            yield R.Step(t, 1.0, 1.0, 1.0, 1.0)
+        for i, t in enumerate(tok.encode(ANSWERS[q][s.mode], add_special_tokens=False).ids + [IM_END]):
+            yield R.Step(t, 0.25 * i, 0.1 * i + 1e-4, 0.1 * i, 1.0 if i < 2 else -1.0, updated=s.mode != "baseline" and i % 2 == 0)
 
     monkeypatch.setattr(R, "prepare", counting_prepare)
     monkeypatch.setattr(R, "generate", generate)
@@ -166,6 +166,15 @@ def test_end_to_end_known_predictions(bench, model_dir, fake, tmp_path, capsys):
     assert r["settings"]["max_frames"] == 16 and r["settings"]["max_pixels"] == 12544 and r["settings"]["prune_ratio"] == 0.5
     for k in ("prefill_s", "decode_s", "latency_s", "peak_memory_bytes", "video_tokens", "output"):
         assert k in r
+    # the per-token trace, one compact string per list; the baseline computes alpha too but never updates
+    n = r["output_tokens"]
+    ema = " ".join(f"{0.1 * i:.3f}".rstrip("0").rstrip(".") for i in range(n))  # 3 decimals, no trailing zeros
+    assert r["trace"] == {"entropy": " ".join(f"{0.25 * i:g}" for i in range(n)), "ema": ema, "alpha": "++" + "-" * (n - 2),
+                          "updated_at": " ".join(map(str, range(0, n, 2)))}
+    t = E.read_trace(r)
+    assert t["entropy"].tolist() == [0.25 * i for i in range(n)] and t["explore"].tolist() == [True, True] + [False] * (n - 2)
+    assert t["updated_at"].tolist() == list(range(0, n, 2)) and len(t["ema"]) == n
+    assert by["1", "baseline"]["trace"]["updated_at"] == "" and "trace" not in by["4", "lite"]  # errors have none
     # summary: the errored entry counts 0 (as in Video-R1); MRA only over regression entries
     summ = json.loads((out / "summary.json").read_text())
     assert summ["columns"] == ["mc", "vsi", "vsi MRA"]
@@ -179,10 +188,16 @@ def test_end_to_end_known_predictions(bench, model_dir, fake, tmp_path, capsys):
     md = (out / "summary.md").read_text()
     assert md.splitlines()[0] == "| mode | mc | vsi | vsi MRA | mean | mean+MRA | tokens | latency s | peak GiB |"
     assert md.splitlines()[3].startswith("| vreason | 50.0 | 100.0 | 100.0 | 75.0 | 83.3 |") and md in cap.out
-    # a rerun does nothing new; --retry-errors reruns the error once its video exists
+    # a rerun does nothing new, also over records an older eval.py wrote without traces (outputs, not settings)
+    rank0 = out / "records.rank0.jsonl"
+    lines = rank0.read_text().splitlines()
+    rank0.write_text("".join((json.dumps({k: v for k, v in json.loads(x).items() if k != "trace"}) if i < 5 else x) + "\n"
+                             for i, x in enumerate(lines)))
     fake["generate"].clear()
     assert E.main(args(bench, out, "--model", model_dir, "--update-every", "3", "--beta", "0.8")) == 0
-    assert fake["generate"] == []
+    assert fake["generate"] == [] and "eval: 5 records in" in capsys.readouterr().err
+    assert sum("trace" not in r for r in records(out)) == 5 + 3  # + the 3 errors
+    # --retry-errors reruns the error once its video exists
     (bench / "gone.mp4").write_bytes((bench / "c0.mp4").read_bytes())
     try:
         assert E.main(args(bench, out, "--model", model_dir, "--update-every", "3", "--beta", "0.8", "--retry-errors")) == 0
