@@ -217,6 +217,11 @@ def test_resume_after_crash_and_torn_line(bench, model_dir, fake, tmp_path):
     assert len(rank0.read_text().splitlines()) == 4 and not (out / "records.jsonl").exists()
     with open(rank0, "a") as f:  # a crash in the middle of a write leaves a torn last line
         f.write('{"dataset": "mc", "id": "2", "mode": "vreason", "predic')
+    assert E.main(["--report", str(out)]) == 0  # the report of a run in progress: what is recorded so far
+    summ = json.loads((out / "summary.json").read_text())
+    assert summ["modes"]["baseline"]["datasets"]["mc"]["recorded"] == 2  # mc/1 in every mode, mc/2 in the baseline only
+    assert summ["paired"]["modes"]["vreason"]["columns"]["mc"]["pairs"] == 1
+    assert (out / "figures" / "entropy.png").stat().st_size > 10_000
     fake["generate"].clear()
     fake["crash_at"] = None
     assert E.main(args(bench, out, "--model", model_dir)) == 0
