@@ -487,7 +487,7 @@ def write_summary(out, datasets, modes, recs, figures=None, untraced=0):
         md += f"\n## Figures\n\nPer-token curves stop where fewer than {MIN_SHARE:.0%} of a mode's samples still generate."
         md += f" {untraced} records without a per-token trace (an older eval.py) are left out of them." if untraced else ""
         for scope, figs in figures:
-            md += f"\n\n### {scope}\n\n" + "\n".join(f"![{cap}]({path})" for cap, path in figs)
+            md += f"\n\n### {scope}\n\n" + "\n\n".join(f"![{cap}]({path})" for cap, path in figs)
         md += "\n"
     for name, text in (("summary.json", json.dumps(summary, indent=1)), ("summary.md", md)):
         R.write_atomic(os.path.join(out, name), lambda tmp: Path(tmp).write_text(text))
@@ -544,7 +544,9 @@ def fig_alpha(ax, traces):
 def fig_lengths(ax, recs):
     """Output lengths per mode, on common bins; the legend says how many reached --max-new-tokens."""
     lens = {m: np.array([r["output_tokens"] for r in rs]) for m, rs in recs.items()}
-    bins = np.histogram_bin_edges(np.concatenate(list(lens.values())), bins=40)
+    lo, hi = min(map(min, lens.values())), max(map(max, lens.values()))
+    w = -(-(hi - lo + 1) // 40)  # about 40 bins, each a whole number of tokens wide
+    bins = np.arange(lo, hi + w + 1, w) - 0.5
     for m, rs in recs.items():
         limit = max(r["settings"]["max_new_tokens"] for r in rs)
         at = int((lens[m] >= limit).sum())
@@ -565,14 +567,17 @@ def fig_accuracy(ax, recs):
         return
     k = int(np.clip(len(pooled) // (30 * len(recs)), 1, 8))  # about 30 samples of each mode per bin at least
     edges = np.unique(np.quantile(pooled, np.linspace(0, 1, k + 1)))
+    ends = []
     for m, rs in recs.items():
         L, S = np.array([r["output_tokens"] for r in rs]), np.array([r["score"] for r in rs])
         b = np.clip(np.searchsorted(edges, L, side="right") - 1, 0, max(len(edges) - 2, 0))
-        x, y, se = zip(*[(np.median(L[b == j]), 100 * S[b == j].mean(), 100 * S[b == j].std() / np.sqrt((b == j).sum()))
-                         for j in np.unique(b)])
+        x, y, se = (np.array(v) for v in zip(*[(np.median(L[b == j]), 100 * S[b == j].mean(),
+                                                100 * S[b == j].std() / np.sqrt((b == j).sum())) for j in np.unique(b)]))
         ax.errorbar(x, y, se, marker="o", color=COLORS[m], lw=1.4, capsize=3,
                     label=f"{m}: {100 * S.mean():.1f}% overall, {len(rs)} samples")
-    ax.set(xlabel=f"output tokens (median of each of {len(edges) - 1} bins of equal size)", ylabel="accuracy %, ±1 s.e.")
+        ends += [(y - se).min(), (y + se).max()]
+    ax.set_ylim(max(-3, min(ends) - 5), min(103, max(ends) + 5))  # at least 10 points tall, within 0..100
+    ax.set(xlabel=f"output tokens (median per bin; {max(len(edges) - 1, 1)} bins holding equal shares)", ylabel="accuracy %, ±1 s.e.")
     ax.legend(loc="best", fontsize=9)
 
 

@@ -178,12 +178,20 @@ def test_report_on_a_synthetic_run(tmp_path, capsys):
 
 
 def test_report_stats_without_matplotlib(tmp_path, capsys, monkeypatch):
+    """Also: a finished run's records.jsonl alone is read, and the report's statistics are those the run wrote (the
+    run knows entries not recorded yet and lists them in file order: neither changes a number)."""
     d = tmp_path / "run"
-    synthetic_run(d, n_mc=8, n_vsi=6)
+    recs = synthetic_run(d, n_mc=8, n_vsi=6)
+    for f in d.iterdir():
+        f.unlink()
+    (d / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs.values()))
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     cap = run_report(d, capsys)
     assert "the figures need matplotlib (pip install matplotlib)" in cap.err and not (d / "figures").exists()
     assert "## Against the baseline, paired" in (d / "summary.md").read_text() and "![" not in (d / "summary.md").read_text()
+    as_run = [(n, [{"id": str(i), "problem_type": r["problem_type"]} for i in reversed(range(12))
+                   for r in [recs.get((n, str(i), "baseline"), {"problem_type": MC})]]) for n in ("vsi", "mc")]
+    assert json.loads(json.dumps(E.paired(as_run, E.MODES, recs))) == json.loads((d / "summary.json").read_text())["paired"]
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "file", "only junk", "extra flag"])
