@@ -4,19 +4,23 @@ samples across processes with torchrun.
 
     python eval.py --data eval_mvbench.json eval_vsibench.json --video-root Video-R1/src/r1-v --out runs/7b
     torchrun --nproc-per-node 8 eval.py --data ... --out runs/7b       # same flags, one shard per process
+    python eval.py --report runs/7b      # figures + paired statistics from the records (no model; also mid-run)
 
 Takes every decoding / V-Reason / video / runtime flag of vreason.py (vreason.add_args).
 """
 import datetime
 import glob
 import json
+import math
 import os
 import re
 import sys
 import time
+import zlib
 from dataclasses import asdict, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import model as M
@@ -52,7 +56,8 @@ def question(item):
 
 
 def answer_of(text):
-    """Text inside the first <answer>...</answer>; the whole text when there is none or it is empty (as Video-R1)."""
+    """Text inside the first <answer>...</answer>, stripped; the whole text when there is none or it is empty (as
+    Video-R1, which keeps that whole text unstripped: no rule in score() sees the difference)."""
     return R.extract_answer(text) or text.strip()
 
 
@@ -65,16 +70,32 @@ def to_number(s):
 
 def mra(pred, gt):
     """Mean relative accuracy over theta = 0.50, 0.55, ..., 0.95: the share of thresholds with |pred-gt|/|gt| < 1-theta.
-    In float32 with Video-R1's eps, so gt = 0 scores 1 for pred = 0 and 0 otherwise, and ties fall the same way."""
-    rel = torch.tensor(abs(pred - gt), dtype=torch.float32) / (torch.tensor(abs(gt), dtype=torch.float32) + 1e-8)
+    Video-R1's arithmetic exactly: both numbers become float32 *before* the subtraction, then eps 1e-8 and float32
+    thresholds. Ties fall its way (3.6 vs 3 scores 0.7, not the 0.6 of float64), gt = 0 scores 1 for pred = 0 and 0
+    otherwise, and a magnitude past float32's range becomes inf (1e39 vs 1e39: inf - inf = nan, scores 0)."""
+    p, g = torch.tensor(pred, dtype=torch.float32), torch.tensor(gt, dtype=torch.float32)
+    rel = (p - g).abs() / (g.abs() + 1e-8)
     return float((rel < 1 - torch.arange(0.5, 0.95 + 0.025, 0.05, dtype=torch.float32)).float().mean())
 
 
+def norm(s):  # lower case, runs of whitespace as one space
+    return " ".join(s.lower().split())
+
+
+def words(s):
+    """ROUGE tokens: lower-cased runs of a-z/0-9 (rouge_score's tokenizer, which drops everything else), and every
+    other letter or digit as a token of its own, so that text in a script without a-z (Japanese, Chinese, Russian...)
+    is compared character by character instead of vanishing. Punctuation and symbols are dropped, as in rouge_score;
+    on ASCII text the tokens are rouge_score's."""
+    return re.findall(r"[a-z0-9]+|[^\W_a-z0-9]", s.lower())
+
+
 def rouge_l(pred, gt):
-    """ROUGE-L F1 on lower-cased alphanumeric words (rouge_score's tokenizer, no stemming)."""
-    a, b = (re.sub(r"[^a-z0-9]+", " ", x.lower()).split() for x in (pred, gt))
+    """ROUGE-L F1 over words() (no stemming). A side with no token at all (only punctuation, or empty) can only match
+    the same text: "..." vs "!!!" scores 0, never 1."""
+    a, b = words(pred), words(gt)
     if not a or not b:
-        return float(a == b)
+        return float(norm(pred) == norm(gt))
     lcs = [0] * (len(b) + 1)
     for x in a:
         prev = 0
@@ -92,7 +113,7 @@ def score(ptype, pred, gt):
     if ptype == "multiple choice":
         return float(pred.strip() == gt.strip())
     if ptype == "OCR":
-        return float(" ".join(pred.lower().split()) == " ".join(gt.lower().split()))
+        return float(norm(pred) == norm(gt))
     if ptype == "free-form":
         return rouge_l(pred, gt)
     p, g = to_number(pred), to_number(gt)
@@ -121,6 +142,8 @@ def problem(x):  # what is wrong with one dataset entry, or None
         return "no video path ('path' or 'video')"
     if x["problem_type"] == "multiple choice" and not (isinstance(x.get("options"), list) and all(isinstance(o, str) for o in x["options"])):
         return "a multiple-choice entry needs 'options', a list of strings"
+    if not R.extract_answer(x["solution"]):  # Video-R1 would score every prediction against "" here
+        return "'solution' has no <answer>...</answer> with text in it"
 
 
 def load_dataset(path, limit=None):
@@ -159,11 +182,15 @@ def load_dataset(path, limit=None):
 
 # ----------------------------------------------------------------------------- records: append-only JSONL per rank
 
+def record_files(out):  # every rank's file; else records.jsonl alone (a finished run's, copied without the others)
+    return sorted(glob.glob(os.path.join(out, "records.rank*.jsonl"))) or glob.glob(os.path.join(out, "records.jsonl"))
+
+
 def read_records(out):
     """Every rank's records by (dataset, id, mode). A line that does not parse (the torn tail of a crash) is skipped;
     a good record beats an error record of the same key (see --retry-errors)."""
     recs = {}
-    for f in sorted(glob.glob(os.path.join(out, "records.rank*.jsonl"))):
+    for f in record_files(out):
         for line in Path(f).read_bytes().split(b"\n"):
             try:
                 r = json.loads(line)
@@ -200,6 +227,27 @@ def settings(a, mode, dtype):
     return {**asdict(s), **video, "system": a.system, "model": a.model, "dtype": str(dtype).replace("torch.", "")}
 
 
+def trace_of(steps):
+    """Per generated token, compactly (one string per list, a few bytes a token): the entropy of the logits that chose
+    it and the EMA (nats, 3 decimals), the switching rule's alpha ('+' explore, '-' exploit; computed in the baseline
+    too, where nothing acts on it) and the indices of the tokens at which the controller was updated. Outputs, not
+    settings: a resume never compares them."""
+    num = lambda xs: " ".join(f"{x:.3f}".rstrip("0").rstrip(".") for x in xs)
+    return {"entropy": num(st.entropy for st in steps), "ema": num(st.ema for st in steps),
+            "alpha": "".join("+" if st.alpha > 0 else "-" for st in steps),
+            "updated_at": " ".join(str(i) for i, st in enumerate(steps) if st.updated)}
+
+
+def read_trace(r):
+    """A record's trace as numpy arrays (explore: alpha = +1), or None: an error, or a record older than traces."""
+    t = r.get("trace")
+    if not t:
+        return None
+    return {"entropy": np.array(t["entropy"].split(), float), "ema": np.array(t["ema"].split(), float),
+            "explore": np.frombuffer(t["alpha"].encode(), np.uint8) == ord("+"),
+            "updated_at": np.array(t["updated_at"].split(), int)}
+
+
 def run_sample(model, tok, a, item, modes, conf, dev, stop_ids):
     """Decode and encode the video once, then run each pending mode on the same prepared input. Yields records."""
     base = {"dataset": item["dataset"], "id": item["id"], "problem_type": item["problem_type"],
@@ -219,34 +267,34 @@ def run_sample(model, tok, a, item, modes, conf, dev, stop_ids):
     for m in modes:
         s = R.Settings(**{f.name: conf[m][f.name] for f in fields(R.Settings)})
         R.reset_peak_memory(model)
-        info, ids, t0 = {}, [], time.perf_counter()
+        info, t0 = {}, time.perf_counter()
         try:
-            ids = [st.token for st in R.generate(model, prep, s, stop_ids, info)]
+            steps = list(R.generate(model, prep, s, stop_ids, info))
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             yield fail(m, "out of GPU memory")
             continue
         R.sync(model)
         total = time.perf_counter() - t0
-        text = tok.decode(ids, skip_special_tokens=True)
+        text = tok.decode([st.token for st in steps], skip_special_tokens=True)
         pred = answer_of(text)
         sc = score(item["problem_type"], pred, base["answer"])
         yield {**base, "mode": m, "prediction": pred, "score": sc, "correct": sc == 1.0, "output": text,
-               "output_tokens": len(ids), "prefill_s": info["prefill_s"], "decode_s": total - info["prefill_s"],
+               "output_tokens": len(steps), "prefill_s": info["prefill_s"], "decode_s": total - info["prefill_s"],
                "latency_s": total, "video_s": video_s, "vision_s": prep.vision_s, "peak_memory_bytes": R.peak_memory_bytes(model),
                "video_tokens": info["video_tokens"], "video_tokens_kept": info["video_tokens_kept"],
-               "updates": info.get("updates", 0), "error": None, "settings": conf[m]}
+               "updates": info.get("updates", 0), "error": None, "settings": conf[m], "trace": trace_of(steps)}
 
 
-def progress(total):
-    """Plain stderr progress with ETA: redrawn in place on a terminal, one line per sample in a log file."""
+def progress(total, unit="sample"):
+    """Plain stderr progress with ETA: redrawn in place on a terminal, one line per step in a log file."""
     t0, done, tty = time.perf_counter(), [0], sys.stderr.isatty()
 
     def step(what):
         done[0] += 1
         el, n = time.perf_counter() - t0, done[0]
         eta = int(el / n * (total - n))
-        print(("\r\033[K" if tty else "") + f"[{'#' * (20 * n // total):<20}] {n}/{total} samples | {el / n:.1f} s/sample | "
+        print(("\r\033[K" if tty else "") + f"[{'#' * (20 * n // total):<20}] {n}/{total} {unit}s | {el / n:.1f} s/{unit} | "
               f"ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d} | {what}", end="" if tty and n < total else "\n",
               file=sys.stderr, flush=True)
     return step
@@ -301,10 +349,329 @@ def table(summary):
     return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------------------- paired statistics against the baseline
+
+BOOT_SEED, BOOT_RESAMPLES = 0, 10000
+
+
+def mcnemar(b, c):
+    """McNemar's exact two-sided p-value for b right->wrong and c wrong->right flips: with no effect each of the
+    n = b + c flips goes either way with probability 1/2, so p = 2 P(X <= min(b, c)) for X ~ Binomial(n, 1/2), at
+    most 1. In integers to the last division (no scipy): exact for any n."""
+    n = b + c
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n)
+
+
+def resample_means(rng, X, B=BOOT_RESAMPLES):
+    """Paired bootstrap: B resamples with replacement of the rows (entries) of X [n, k]; each column's mean per
+    resample -> [B, k]. In blocks of about 2M indices: 5000 entries x 10000 resamples at once would be 400 MB."""
+    n, out = len(X), np.empty((B, X.shape[1]))
+    block = max(1, 2_000_000 // n)
+    for i in range(0, B, block):
+        idx = rng.integers(0, n, (min(block, B - i), n))
+        out[i:i + len(idx)] = X[idx].mean(1)
+    return out
+
+
+def interval(reps):  # 95% percentile interval of bootstrap replicates; nan replicates (an empty subgroup) left out
+    reps = reps[~np.isnan(reps)]
+    return [float(x) for x in np.percentile(reps, [2.5, 97.5])] if len(reps) else None
+
+
+def paired(datasets, modes, recs, seed=BOOT_SEED, B=BOOT_RESAMPLES):
+    """Each mode against the baseline on the entries recorded in both (errors score 0, as in the table). Per column
+    of the table (a dataset's accuracy, or its MRA) and for "mean" / "mean+MRA": the difference in points with a 95%
+    paired bootstrap interval, and for accuracy McNemar's exact p on the right/wrong flips. Per dataset and over all:
+    mean output tokens (entries without an error in either mode) and the reduction in %. Over all, as the table:
+    means of the per-dataset figures, each resample drawing every dataset's entries anew (a stratified bootstrap);
+    McNemar pools the flips. Entries are taken in id order and each (dataset, mode) has its own random stream seeded
+    from (seed, its name), so the numbers depend on the records alone, not on shards, order or other datasets."""
+    if "baseline" not in modes:
+        return {}
+    res = {"seed": seed, "resamples": B, "modes": {}}
+    for m in modes:
+        if m == "baseline":
+            continue
+        cols, tokens, reps = {}, {}, {"acc": [], "all": [], "tb": [], "tm": []}
+        flips = [0, 0]
+        for n, items in datasets:
+            ids = sorted(it["id"] for it in items if (n, it["id"], "baseline") in recs and (n, it["id"], m) in recs)
+            if not ids:
+                continue
+            b, c = [recs[n, i, "baseline"] for i in ids], [recs[n, i, m] for i in ids]
+            reg = np.array([r["problem_type"] == "regression" for r in b])
+            ok = np.array([not (x["error"] or y["error"]) for x, y in zip(b, c)])
+            sb, sm = (np.array([r["score"] for r in rs], float) for rs in (b, c))
+            tb, tm = (np.array([r.get("output_tokens") or 0 for r in rs], float) * ok for rs in (b, c))
+            # per entry: [acc diff, is acc, MRA diff, is MRA, base tokens, mode tokens, has tokens]; a ratio of two
+            # column means is then a subgroup's mean, in the original sample and in every resample alike
+            X = np.column_stack([~reg * (sm - sb), ~reg, reg * (sm - sb), reg, tb, tm, ok]).astype(float)
+            rng = np.random.default_rng([seed, zlib.crc32(f"{n}\0{m}".encode())])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                M = np.vstack([X.mean(0), resample_means(rng, X, B)])
+                d_acc, d_mra, mb, mm = 100 * M[:, 0] / M[:, 1], 100 * M[:, 2] / M[:, 3], M[:, 4] / M[:, 6], M[:, 5] / M[:, 6]
+            for name, is_col, d in ((n, ~reg, d_acc), (f"{n} MRA", reg, d_mra)):
+                if is_col.any():
+                    col = {"pairs": int(is_col.sum()), "baseline": float(100 * sb[is_col].mean()),
+                           "mode": float(100 * sm[is_col].mean()), "delta": float(d[0]), "ci": interval(d[1:])}
+                    if name == n:  # accuracy: right/wrong flips
+                        cb, cm = (np.array([r["correct"] for r in rs]) & ~reg for rs in (b, c))
+                        f = [int((cb & ~cm).sum()), int((~cb & cm).sum())]
+                        col.update(flips=f, p=mcnemar(*f))
+                        flips = [flips[0] + f[0], flips[1] + f[1]]
+                        reps["acc"].append((col, d))
+                    reps["all"].append((col, d))
+                    cols[name] = col
+            if ok.any():
+                tokens[n] = reduction(int(ok.sum()), mb, mm)
+                reps["tb"].append(mb)
+                reps["tm"].append(mm)
+        r = {"columns": cols}
+        for name, cd in (("mean", reps["acc"]), ("mean+MRA", reps["all"])):
+            if cd:
+                d = np.mean([d for _, d in cd], 0)
+                r[name] = {"pairs": sum(c["pairs"] for c, _ in cd), "baseline": mean([c["baseline"] for c, _ in cd]),
+                           "mode": mean([c["mode"] for c, _ in cd]), "delta": float(d[0]), "ci": interval(d[1:])}
+        if reps["acc"]:
+            r["mean"].update(flips=flips, p=mcnemar(*flips))
+        if tokens:
+            tokens["all"] = reduction(sum(t["pairs"] for t in tokens.values()), np.mean(reps["tb"], 0), np.mean(reps["tm"], 0))
+        r["tokens"] = tokens
+        res["modes"][m] = r
+    return res
+
+
+def reduction(pairs, mb, mm):  # mean tokens of the baseline and the mode: [original, *replicates] -> the figures
+    with np.errstate(invalid="ignore", divide="ignore"):
+        red = 100 * (1 - mm / mb)
+    return {"pairs": pairs, "baseline": float(mb[0]), "mode": float(mm[0]), "reduction": float(red[0]), "ci": interval(red[1:])}
+
+
+def paired_tables(p):
+    """The paired statistics as markdown: what they are, then accuracy / MRA and output tokens."""
+    if not p or not p["modes"]:
+        return ""
+    f = lambda x: f"{x:+.1f}"
+    ci = lambda c: "-" if c is None else f"[{f(c[0])}, {f(c[1])}]"
+    pv = lambda x: "-" if x is None else "1" if x == 1 else f"{x:.3f}" if x >= 1e-3 else f"{x:.1e}"
+    lines = ["", "## Against the baseline, paired", "",
+             f"On the entries recorded in both modes (errors score 0). Δ: the mode minus the baseline, in points, with a 95% "
+             f"paired bootstrap interval (2.5 and 97.5 percentiles of {p['resamples']} resamples of the entries, numpy "
+             f"seed {p['seed']}; `mean` averages the per-dataset Δs, each resample drawing every dataset anew). Flips: "
+             f"entries right with the baseline and wrong with the mode, and the reverse; p: McNemar's exact two-sided "
+             f"test on them (`mean`: every dataset's flips pooled).", "",
+             "| column | mode | pairs | baseline | mode | Δ | 95% interval | right→wrong | wrong→right | McNemar p |",
+             "|" + "---|" * 10]
+    row = lambda *cells: "| " + " | ".join(map(str, cells)) + " |"
+    for m, r in p["modes"].items():
+        for name, c in [*r["columns"].items(), *((k, r[k]) for k in ("mean", "mean+MRA") if k in r)]:
+            lines.append(row(name, m, c["pairs"], f"{c['baseline']:.1f}", f"{c['mode']:.1f}", f(c["delta"]), ci(c["ci"]),
+                             *c.get("flips", ["-", "-"]), pv(c.get("p"))))
+    lines += ["", "Output tokens on the entries without an error in either mode (`all`: the mean of the per-dataset means, "
+              "as the table); reduction = 1 - mode / baseline, with its 95% paired bootstrap interval.", "",
+              "| dataset | mode | pairs | baseline tokens | mode tokens | reduction % | 95% interval |", "|" + "---|" * 7]
+    for m, r in p["modes"].items():
+        for n, t in r["tokens"].items():
+            lines.append(row(n, m, t["pairs"], f"{t['baseline']:.1f}", f"{t['mode']:.1f}", f(t["reduction"]), ci(t["ci"])))
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(out, datasets, modes, recs, figures=None, untraced=0):
+    """summary.json and summary.md: the paper-layout table, the paired statistics, and the figures when drawn (a
+    list of (scope, [(caption, path relative to out)]); the tables also go to stdout."""
+    summary = {**summarize(datasets, modes, recs), "paired": paired(datasets, modes, recs)}
+    body = table(summary) + paired_tables(summary["paired"])
+    md = body
+    if figures:
+        summary["figures"] = {scope: dict(figs) for scope, figs in figures}
+        md += f"\n## Figures\n\nPer-token curves stop where fewer than {MIN_SHARE:.0%} of a mode's samples still generate."
+        md += f" {untraced} records without a per-token trace (an older eval.py) are left out of them." if untraced else ""
+        for scope, figs in figures:
+            md += f"\n\n### {scope}\n\n" + "\n\n".join(f"![{cap}]({path})" for cap, path in figs)
+        md += "\n"
+    for name, text in (("summary.json", json.dumps(summary, indent=1)), ("summary.md", md)):
+        R.write_atomic(os.path.join(out, name), lambda tmp: Path(tmp).write_text(text))
+    print(body, end="")
+    return summary
+
+
+# ----------------------------------------------------------------------------- --report: figures from the records
+
+COLORS = {"baseline": "tab:gray", "vreason": "tab:green", "lite": "tab:purple"}
+MIN_SHARE = 0.05  # per-token curves stop where fewer than 5% of a mode's samples are still generating
+
+
+def per_index(arrays):
+    """Arrays of different lengths (one per sample) -> mean, std and count at each index, cut where fewer than
+    MIN_SHARE of them reach: beyond, the mean is that of a handful of unusually long outputs."""
+    L = max(map(len, arrays))
+    S, S2, C = np.zeros(L), np.zeros(L), np.zeros(L)
+    for a in arrays:
+        S[: len(a)] += a
+        S2[: len(a)] += a * a
+        C[: len(a)] += 1
+    keep = int((C >= max(1, MIN_SHARE * len(arrays))).sum())  # C never grows with the index: a prefix
+    S, S2, C = S[:keep], S2[:keep], C[:keep]
+    m = S / C
+    return m, np.sqrt(np.maximum(S2 / C - m * m, 0)), C
+
+
+def fig_entropy(ax, axn, traces):
+    """The paper's Fig. 1: mean entropy per generated-token index, ±1 std, and how many samples are still generating."""
+    for m, ts in traces.items():
+        mu, sd, n = per_index([t["entropy"] for t in ts])
+        x = np.arange(len(mu))
+        ax.plot(x, mu, color=COLORS[m], lw=1.4, label=f"{m} ({len(ts)} samples)")
+        ax.fill_between(x, np.maximum(mu - sd, 0), mu + sd, color=COLORS[m], alpha=0.15, lw=0)
+        axn.plot(x, n, color=COLORS[m], lw=1.4)
+    ax.set(ylabel="entropy (nats), mean ± 1 std")
+    axn.set(xlabel=f"generated token index (curves end where fewer than {MIN_SHARE:.0%} of a mode's samples still generate)",
+            ylabel="still generating")
+    ax.legend(loc="upper right", fontsize=9)
+
+
+def fig_alpha(ax, traces):
+    """The share of samples exploring (alpha = +1) at each token index."""
+    for m, ts in traces.items():
+        share = per_index([t["explore"].astype(float) for t in ts])[0]
+        label = f"{m} (rule computed, not applied)" if m == "baseline" else m
+        ax.plot(100 * share, color=COLORS[m], lw=1.4, ls="--" if m == "baseline" else "-", label=label)
+    ax.set(xlabel=f"generated token index (curves end where fewer than {MIN_SHARE:.0%} of a mode's samples still generate)",
+           ylabel="% of samples with alpha = +1", ylim=(-3, 103))
+    ax.legend(loc="upper right", fontsize=9)
+
+
+def fig_lengths(ax, recs):
+    """Output lengths per mode, on common bins; the legend says how many reached --max-new-tokens."""
+    lens = {m: np.array([r["output_tokens"] for r in rs]) for m, rs in recs.items()}
+    lo, hi = min(map(min, lens.values())), max(map(max, lens.values()))
+    w = -(-(hi - lo + 1) // 40)  # about 40 bins, each a whole number of tokens wide
+    bins = np.arange(lo, hi + w + 1, w) - 0.5
+    for m, rs in recs.items():
+        limit = max(r["settings"]["max_new_tokens"] for r in rs)
+        at = int((lens[m] >= limit).sum())
+        label = f"{m}: mean {lens[m].mean():.0f}, median {np.median(lens[m]):.0f}" + (f", {at} at the {limit} limit" if at else "")
+        ax.hist(lens[m], bins, histtype="step", lw=1.8, color=COLORS[m], label=label)
+    ax.set(xlabel="output tokens (stop token included)", ylabel="samples")
+    ax.legend(loc="upper right", fontsize=9)
+
+
+def fig_accuracy(ax, recs):
+    """Accuracy against output length: bins holding equal shares of all modes' outputs together; a point per bin at
+    the mode's median length there, ±1 standard error (a bin holds few samples: its noise should show). Regression
+    entries (MRA) are left out, as from the accuracy columns."""
+    recs = {m: [r for r in rs if r["problem_type"] != "regression"] for m, rs in recs.items()}
+    pooled = np.array([r["output_tokens"] for rs in recs.values() for r in rs])
+    if not len(pooled):
+        ax.text(0.5, 0.5, "no accuracy entries (regression only)", ha="center", transform=ax.transAxes)
+        return
+    k = int(np.clip(len(pooled) // (30 * len(recs)), 1, 8))  # about 30 samples of each mode per bin at least
+    edges = np.unique(np.quantile(pooled, np.linspace(0, 1, k + 1)))
+    ends = []
+    for m, rs in recs.items():
+        L, S = np.array([r["output_tokens"] for r in rs]), np.array([r["score"] for r in rs])
+        b = np.clip(np.searchsorted(edges, L, side="right") - 1, 0, max(len(edges) - 2, 0))
+        x, y, se = (np.array(v) for v in zip(*[(np.median(L[b == j]), 100 * S[b == j].mean(),
+                                                100 * S[b == j].std() / np.sqrt((b == j).sum())) for j in np.unique(b)]))
+        ax.errorbar(x, y, se, marker="o", color=COLORS[m], lw=1.4, capsize=3,
+                    label=f"{m}: {100 * S.mean():.1f}% overall, {len(rs)} samples")
+        ends += [(y - se).min(), (y + se).max()]
+    ax.set_ylim(max(-3, min(ends) - 5), min(103, max(ends) + 5))  # at least 10 points tall, within 0..100
+    ax.set(xlabel=f"output tokens (median per bin; {max(len(edges) - 1, 1)} bins holding equal shares)", ylabel="accuracy %, ±1 s.e.")
+    ax.legend(loc="best", fontsize=9)
+
+
+FIGURES = [("entropy", "mean entropy per generated token (Fig. 1)"), ("alpha", "share of alpha = +1 per token"),
+           ("lengths", "output lengths"), ("accuracy", "accuracy against output tokens")]
+
+
+def draw_figures(out, datasets, modes, recs, plt):
+    """Every figure over all datasets and, with more than one, per dataset, as PNGs under out/figures. Returns
+    [(scope, [(caption, path relative to out)])] and the number of records left out for having no trace."""
+    ok = {k: r for k, r in recs.items() if not r["error"]}
+    traces = {k: read_trace(r) for k, r in ok.items()}
+    untraced = sum(t is None for t in traces.values())
+    if untraced:
+        note(f"eval: {untraced} of {len(ok)} records have no per-token trace (an older eval.py): left out of the per-token "
+             f"figures")
+    scopes = [("all datasets", "", {n for n, _ in datasets})]
+    if len(datasets) > 1:  # file names: figures/<kind>.<dataset>.png
+        scopes += [(n, "." + re.sub(r"[^\w.-]+", "_", n), {n}) for n, _ in datasets]
+    os.makedirs(os.path.join(out, "figures"), exist_ok=True)
+    bar, done = progress(len(scopes) * len(FIGURES), unit="figure"), []
+    for scope, suffix, names in scopes:
+        rs = {m: [r for k, r in ok.items() if k[0] in names and k[2] == m] for m in modes}
+        ts = {m: [traces[k] for k in ok if k[0] in names and k[2] == m and traces[k] is not None] for m in modes}
+        rs, ts = {m: x for m, x in rs.items() if x}, {m: x for m, x in ts.items() if x}
+        skipped = sum(len(x) for x in rs.values()) - sum(len(x) for x in ts.values())
+        figs = []
+        for kind, caption in FIGURES:
+            tall = kind == "entropy"
+            fig = plt.figure(figsize=(9, 5.6 if tall else 4.4))
+            axes = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]}) if tall else [fig.subplots()]
+            per_token = kind in ("entropy", "alpha")
+            if not rs or (per_token and not ts):
+                axes[0].text(0.5, 0.5, "no records with a trace" if rs else "no records", ha="center",
+                             transform=axes[0].transAxes)
+            elif kind == "entropy":
+                fig_entropy(*axes, ts)
+            elif kind == "alpha":
+                fig_alpha(axes[0], ts)
+            else:
+                (fig_lengths if kind == "lengths" else fig_accuracy)(axes[0], rs)
+            more = f" ({skipped} records without a trace left out)" if per_token and skipped else ""
+            axes[0].set_title(f"{scope}: {caption}{more}", fontsize=11)
+            for ax in axes:
+                ax.grid(alpha=0.3)
+            fig.tight_layout()
+            path = os.path.join("figures", f"{kind}{suffix}.png")
+            R.write_atomic(os.path.join(out, path), lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+            plt.close(fig)
+            figs.append((caption, path))
+            bar(path)
+        done.append((scope, figs))
+    return done, untraced
+
+
+def report(run_dir):
+    """--report RUN_DIR: the table, the paired statistics and the figures from the records alone (no model), also of
+    a run still going (what is recorded so far) or of torchrun shards (every rank's file is read)."""
+    if not os.path.isdir(run_dir):
+        raise R.UsageError(f"--report: {run_dir} is not a directory")
+    t0, none = time.perf_counter(), f"--report: no records in {run_dir} (records.rank*.jsonl or records.jsonl)"
+    if not record_files(run_dir):
+        raise R.UsageError(none)
+    note(f"eval: reading the records in {run_dir} ...")
+    recs = read_records(run_dir)
+    if not recs:
+        raise R.UsageError(none)
+    items = {}  # dataset -> id -> what summarize needs, in the order first recorded
+    for (n, i, m), r in recs.items():
+        items.setdefault(n, {}).setdefault(i, {"id": i, "dataset": n, "problem_type": r["problem_type"]})
+    datasets = [(n, list(x.values())) for n, x in items.items()]
+    modes = [m for m in MODES if any(k[2] == m for k in recs)]
+    note(f"eval: {len(recs)} records ({', '.join(f'{n} {len(x)} entries' for n, x in datasets)}; modes {', '.join(modes)}) "
+         f"read in {time.perf_counter() - t0:.1f}s")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        note("eval: the figures need matplotlib (pip install matplotlib); writing the statistics without them")
+        plt = None
+    figures, untraced = draw_figures(run_dir, datasets, modes, recs, plt) if plt else (None, 0)
+    write_summary(run_dir, datasets, modes, recs, figures, untraced)
+    n_figs = sum(len(f) for _, f in figures or [])
+    note(f"eval: wrote {os.path.join(run_dir, 'summary.md')}" + (f" and {n_figs} figures under figures/" if n_figs else ""))
+    return 0
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def parse_args(argv):
-    p = R.Parser(description="Evaluate baseline / V-Reason / Lite on Video-R1-format benchmarks", allow_abbrev=False)
+    p = R.Parser(description="Evaluate baseline / V-Reason / Lite on Video-R1-format benchmarks", allow_abbrev=False,
+                 epilog="python eval.py --report RUN_DIR: figures and paired statistics from a run's records (no model)")
     p.add_argument("--data", nargs="+", required=True, help="Video-R1 evaluation files (.json or .jsonl), one per dataset")
     p.add_argument("--video-root", default="", help="directory the entries' relative video paths start from")
     p.add_argument("--out", required=True, help="directory for records.rank*.jsonl, records.jsonl, summary.json/.md")
@@ -356,11 +723,10 @@ def write_results(a, datasets):
     """Merge every rank's records (in dataset order) and write the summary; returns how many runs are still missing."""
     recs = read_records(a.out)
     keep = [recs[k] for _, items in datasets for it in items for k in ((it["dataset"], it["id"], m) for m in a.modes) if k in recs]
-    summary = summarize(datasets, a.modes, recs)
-    for name, text in (("records.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep)),
-                       ("summary.json", json.dumps(summary, indent=1)), ("summary.md", table(summary))):
-        R.write_atomic(os.path.join(a.out, name), lambda tmp: Path(tmp).write_text(text))
-    print(table(summary), end="")
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep)
+    R.write_atomic(os.path.join(a.out, "records.jsonl"), lambda tmp: Path(tmp).write_text(text))
+    write_summary(a.out, datasets, a.modes, recs)
+    print(f"eval: figures: python eval.py --report {a.out}", file=sys.stderr)
     return sum(len(items) for _, items in datasets) * len(a.modes) - len(keep)
 
 
@@ -377,6 +743,9 @@ def run(a):
     os.makedirs(a.out, exist_ok=True)
     recs = read_records(a.out)
     check_resume(recs, conf, a.out)
+    if rank == 0 and (old := sum(not r["error"] and "trace" not in r for r in recs.values())):
+        print(f"eval: {old} records in {a.out} have no per-token trace (an older eval.py made them): kept, and left "
+              f"out of the figures", file=sys.stderr)
     # The work list: every (entry, mode) not recorded yet, from all ranks' files (of this or any earlier run), grouped by
     # entry so a video is decoded once; identical on every rank, then dealt out round-robin.
     done = lambda k: k in recs and not (a.retry_errors and recs[k]["error"])
@@ -407,8 +776,18 @@ def run(a):
     return 0
 
 
+def parse_report_args(argv):
+    p = R.Parser(prog="eval.py --report", description="figures and paired statistics from a run's records (no model)",
+                 allow_abbrev=False)
+    p.add_argument("--report", required=True, metavar="RUN_DIR", help="an --out directory of eval.py, finished or not")
+    return p.parse_args(argv).report
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        if any(x == "--report" or x.startswith("--report=") for x in argv):
+            return report(parse_report_args(argv))
         return run(parse_args(argv))
     except (R.UsageError, DataError, V.VideoError, M.ModelError) as e:
         print(f"eval: error: {e}", file=sys.stderr)

@@ -65,7 +65,7 @@ def test_answer_extraction_and_scoring():
     assert s("free-form", "The cat sat.", "the cat sat") == 1 and s("free-form", "dog", "cat") == 0
     assert s("free-form", "cat", "the cat sat") == pytest.approx(0.5)  # P 1, R 1/3
     assert s("free-form", "a b c d", "a x c d") == pytest.approx(0.75)  # LCS 3 of 4
-    assert s("free-form", "", "x") == 0 and s("free-form", "...", "!!") == 1
+    assert s("free-form", "", "x") == 0 and s("free-form", "...", "!!") == 0  # never 1 for two different texts
 
 
 # ----------------------------------------------------------------------------- a synthetic benchmark, predictions known
@@ -127,8 +127,8 @@ def fake(monkeypatch, model_dir):
         if len(calls["generate"]) == calls["crash_at"]:
             raise KeyboardInterrupt  # Ctrl-C (or a crash) in the middle of the run
         info.update(prefill_s=0.01, video_tokens=5, video_tokens_kept=5, updates=0)
-        for t in tok.encode(ANSWERS[q][s.mode], add_special_tokens=False).ids + [IM_END]:
-            yield R.Step(t, 1.0, 1.0, 1.0, 1.0)
+        for i, t in enumerate(tok.encode(ANSWERS[q][s.mode], add_special_tokens=False).ids + [IM_END]):
+            yield R.Step(t, 0.25 * i, 0.1 * i + 1e-4, 0.1 * i, 1.0 if i < 2 else -1.0, updated=s.mode != "baseline" and i % 2 == 0)
 
     monkeypatch.setattr(R, "prepare", counting_prepare)
     monkeypatch.setattr(R, "generate", generate)
@@ -166,6 +166,15 @@ def test_end_to_end_known_predictions(bench, model_dir, fake, tmp_path, capsys):
     assert r["settings"]["max_frames"] == 16 and r["settings"]["max_pixels"] == 12544 and r["settings"]["prune_ratio"] == 0.5
     for k in ("prefill_s", "decode_s", "latency_s", "peak_memory_bytes", "video_tokens", "output"):
         assert k in r
+    # the per-token trace, one compact string per list; the baseline computes alpha too but never updates
+    n = r["output_tokens"]
+    ema = " ".join(f"{0.1 * i:.3f}".rstrip("0").rstrip(".") for i in range(n))  # 3 decimals, no trailing zeros
+    assert r["trace"] == {"entropy": " ".join(f"{0.25 * i:g}" for i in range(n)), "ema": ema, "alpha": "++" + "-" * (n - 2),
+                          "updated_at": " ".join(map(str, range(0, n, 2)))}
+    t = E.read_trace(r)
+    assert t["entropy"].tolist() == [0.25 * i for i in range(n)] and t["explore"].tolist() == [True, True] + [False] * (n - 2)
+    assert t["updated_at"].tolist() == list(range(0, n, 2)) and len(t["ema"]) == n
+    assert by["1", "baseline"]["trace"]["updated_at"] == "" and "trace" not in by["4", "lite"]  # errors have none
     # summary: the errored entry counts 0 (as in Video-R1); MRA only over regression entries
     summ = json.loads((out / "summary.json").read_text())
     assert summ["columns"] == ["mc", "vsi", "vsi MRA"]
@@ -179,10 +188,16 @@ def test_end_to_end_known_predictions(bench, model_dir, fake, tmp_path, capsys):
     md = (out / "summary.md").read_text()
     assert md.splitlines()[0] == "| mode | mc | vsi | vsi MRA | mean | mean+MRA | tokens | latency s | peak GiB |"
     assert md.splitlines()[3].startswith("| vreason | 50.0 | 100.0 | 100.0 | 75.0 | 83.3 |") and md in cap.out
-    # a rerun does nothing new; --retry-errors reruns the error once its video exists
+    # a rerun does nothing new, also over records an older eval.py wrote without traces (outputs, not settings)
+    rank0 = out / "records.rank0.jsonl"
+    lines = rank0.read_text().splitlines()
+    rank0.write_text("".join((json.dumps({k: v for k, v in json.loads(x).items() if k != "trace"}) if i < 5 else x) + "\n"
+                             for i, x in enumerate(lines)))
     fake["generate"].clear()
     assert E.main(args(bench, out, "--model", model_dir, "--update-every", "3", "--beta", "0.8")) == 0
-    assert fake["generate"] == []
+    assert fake["generate"] == [] and "eval: 5 records in" in capsys.readouterr().err
+    assert sum("trace" not in r for r in records(out)) == 5 + 3  # + the 3 errors
+    # --retry-errors reruns the error once its video exists
     (bench / "gone.mp4").write_bytes((bench / "c0.mp4").read_bytes())
     try:
         assert E.main(args(bench, out, "--model", model_dir, "--update-every", "3", "--beta", "0.8", "--retry-errors")) == 0
@@ -202,6 +217,11 @@ def test_resume_after_crash_and_torn_line(bench, model_dir, fake, tmp_path):
     assert len(rank0.read_text().splitlines()) == 4 and not (out / "records.jsonl").exists()
     with open(rank0, "a") as f:  # a crash in the middle of a write leaves a torn last line
         f.write('{"dataset": "mc", "id": "2", "mode": "vreason", "predic')
+    assert E.main(["--report", str(out)]) == 0  # the report of a run in progress: what is recorded so far
+    summ = json.loads((out / "summary.json").read_text())
+    assert summ["modes"]["baseline"]["datasets"]["mc"]["recorded"] == 2  # mc/1 in every mode, mc/2 in the baseline only
+    assert summ["paired"]["modes"]["vreason"]["columns"]["mc"]["pairs"] == 1
+    assert (out / "figures" / "entropy.png").stat().st_size > 10_000
     fake["generate"].clear()
     fake["crash_at"] = None
     assert E.main(args(bench, out, "--model", model_dir)) == 0
@@ -240,6 +260,10 @@ def test_malformed_dataset(tmp_path, capsys):
     err = _bad_data(tmp_path, capsys, "d.json", json.dumps([json.loads(good), no_opts]))
     assert "item 2: a multiple-choice entry needs 'options'" in err
     assert "line 3: invalid JSON" in _bad_data(tmp_path, capsys, "e.json", "[\n" + good + ",\n}")
+    for i, sol in enumerate(["B", "<answer> \n</answer>", "<answer>B", "B</answer>"]):  # Video-R1 would compare with ""
+        bad = json.dumps(dict(ENTRIES["eval_mc.jsonl"][1], solution=sol))
+        err = _bad_data(tmp_path, capsys, f"f{i}.jsonl", f"{good}\n{bad}\n")
+        assert "line 2: 'solution' has no <answer>...</answer> with text in it" in err
     assert E.main(["--data", str(tmp_path / "nope.json"), "--out", str(tmp_path / "out")]) == 2
     assert "cannot read" in capsys.readouterr().err
 
