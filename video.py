@@ -1,12 +1,15 @@
-"""Video file -> Qwen2.5-VL vision inputs, and the chat prompt around them.
+"""Video file -> Qwen2.5-VL / Qwen3-VL vision inputs, and the chat prompt around them.
 
-Reproduces, by value, the reference pipeline of spec qwen25vl.md §4-5:
-  qwen-vl-utils 0.0.10 fetch_video, torchvision (PyAV) backend: decode every frame, pick n of them
-  evenly, smart-resize with the video pixel limits, bicubic+antialias resize;
-  then transformers 4.51.3 Qwen2VLImageProcessor: rescale, CLIP-normalize, pad to an even frame
-  count, patchify into merge-block-major rows.
+Reproduces, by value, the reference pipeline of each family:
+  Qwen2.5-VL (spec qwen25vl.md §4-5): qwen-vl-utils 0.0.10 fetch_video + transformers 4.51.3 Qwen2VLImageProcessor;
+  Qwen3-VL (spec qwen3vl.md, "Video, prompt and positions"): qwen-vl-utils 0.0.14 fetch_video(image_patch_size=16) +
+  transformers 4.57 Qwen3VLVideoProcessor and Qwen3VLProcessor (timestamped prompt).
+Both: decode every frame (torchvision's PyAV backend), pick n of them evenly, smart-resize within the video pixel
+limits, bicubic+antialias resize, rescale and normalize, pad to an even frame count, patchify into merge-block-major
+rows. What differs between the families is data, gathered in Family.
 Unlike torchvision we never hold every decoded frame: pass 1 only counts, pass 2 keeps the n picks.
 """
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -17,17 +20,69 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-# qwen-vl-utils 0.0.10 constants (spec §4.1)
+# qwen-vl-utils 0.0.10 constants for Qwen2.5-VL (spec qwen25vl.md §4.1); smart_resize's defaults are its image limits
 FACTOR = 28                                       # patch 14 * spatial merge 2: sides are multiples of 28
 MIN_PIXELS, MAX_PIXELS, MAX_RATIO = 4 * 28 * 28, 16384 * 28 * 28, 200
-VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS = 128 * 28 * 28, 768 * 28 * 28
-VIDEO_TOTAL_PIXELS = 90316800                     # int(128000*28*28*0.9); qwen-vl-utils reads env VIDEO_MAX_PIXELS, we take total_pixels=
 FRAME_FACTOR = 2                                  # = temporal_patch_size: frames go to the ViT in pairs
-PATCH, MERGE = 14, 2
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>")
-DEFAULT_SYSTEM = "You are a helpful assistant."
+THINK_OPEN = "<think>\n"                          # what a Thinking template's generation prompt adds
+
+
+@dataclass(frozen=True)
+class Family:
+    """What one Qwen VL generation's reference does differently, from the file to the prompt."""
+    model_type: str           # config.json "model_type"
+    name: str                 # for messages
+    patch: int                # ViT patch side in pixels
+    mean: tuple               # per-channel normalization
+    std: tuple
+    fused_normalize: bool     # how the reference computes it, see frames_to_patches
+    total_pixels: float       # default pixel budget of a whole video (qwen-vl-utils VIDEO_TOTAL_PIXELS)
+    strict_pixel_limits: bool  # qwen-vl-utils >= 0.0.14 asserts max_pixels >= min_pixels
+    default_system: str | None  # system message the template inserts when none is given
+    timestamps: bool          # "<t seconds>" before each temporal group in the prompt
+    thinking: bool            # has a Thinking release (generation prompt opens <think>)
+    merge: int = 2            # spatial merge: 2x2 patches -> 1 LLM token
+    temporal_patch: int = 2   # frames per temporal group
+    fps: float = 2.0          # default sampling rate, frames per second of video
+    min_frames: int = 4
+    max_frames: int = 768
+    min_tokens: int = 128     # per-frame pixel floor and cap, in merged tokens (VIDEO_MIN/MAX_TOKEN_NUM)
+    max_tokens: int = 768
+
+    @property
+    def factor(self) -> int:      # resized sides are multiples of this
+        return self.patch * self.merge
+
+    @property
+    def min_pixels(self) -> int:
+        return self.min_tokens * self.factor ** 2
+
+    @property
+    def max_pixels(self) -> int:
+        return self.max_tokens * self.factor ** 2
+
+
+# total_pixels: 0.0.10 int(128000*28*28*0.9) (it reads env VIDEO_MAX_PIXELS, we take total_pixels=); 0.0.14
+# MODEL_SEQ_LEN(128000)*factor**2*0.9, a float (env MODEL_SEQ_LEN, likewise)
+QWEN25_VL = Family("qwen2_5_vl", "Qwen2.5-VL", patch=14, mean=CLIP_MEAN, std=CLIP_STD, fused_normalize=False,
+                   total_pixels=90316800, strict_pixel_limits=False, default_system="You are a helpful assistant.",
+                   timestamps=False, thinking=False)
+QWEN3_VL = Family("qwen3_vl", "Qwen3-VL", patch=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), fused_normalize=True,
+                  total_pixels=128000 * 32 * 32 * 0.9, strict_pixel_limits=True, default_system=None,
+                  timestamps=True, thinking=True)
+FAMILIES = {f.model_type: f for f in (QWEN25_VL, QWEN3_VL)}
+
+
+def get_family(family) -> Family:
+    """A Family, or its config.json model_type ("qwen2_5_vl", "qwen3_vl")."""
+    if isinstance(family, Family):
+        return family
+    if family not in FAMILIES:
+        raise VideoError(f"unknown model family {family!r} (known: {', '.join(FAMILIES)})")
+    return FAMILIES[family]
 
 
 class VideoError(ValueError):
@@ -36,22 +91,24 @@ class VideoError(ValueError):
 
 @dataclass
 class Video:
-    pixel_values: torch.Tensor      # [N, 1176] fp32, N = t*h*w, rows in merge-block-major order (spec §4.6)
-    grid_thw: tuple[int, int, int]  # (t, h, w): t 2-frame groups, h x w 14-px patches
+    pixel_values: torch.Tensor      # [N, 3*2*p*p] fp32, N = t*h*w, rows in merge-block-major order (spec §4.6)
+    grid_thw: tuple[int, int, int]  # (t, h, w): t 2-frame groups, h x w patches of p px
     second_per_grid: float          # seconds covered by one temporal group = 2 / sample_fps
     meta: dict                      # JSON-serializable record of every decision made
+    timestamps: tuple = ()          # seconds, one per temporal group (Qwen3-VL writes them into the prompt)
+    family: str = "qwen2_5_vl"      # model_type of the preprocessing
 
     @property
     def n_tokens(self) -> int:      # LLM tokens after the 2x2 merge = number of <|video_pad|>
         t, h, w = self.grid_thw
-        return t * h * w // (MERGE * MERGE)
+        return t * h * w // get_family(self.family).merge ** 2
 
 
 # ----------------------------------------------------------------------------- sizes and counts
 
 def smart_nframes(total: int, video_fps: float, fps: float = 2.0, nframes: int | None = None,
                   min_frames: int = 4, max_frames: int = 768) -> int:
-    """How many frames to sample, qwen-vl-utils 0.0.10 semantics (spec §4.2). Always even."""
+    """How many frames to sample, qwen-vl-utils semantics (0.0.10 = 0.0.14, spec §4.2). Always even."""
     if nframes is not None:
         n = round(nframes / FRAME_FACTOR) * FRAME_FACTOR          # Python round is half-to-even: 5 -> 4, 7 -> 8
     else:
@@ -70,7 +127,8 @@ def smart_nframes(total: int, video_fps: float, fps: float = 2.0, nframes: int |
 
 def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int = MIN_PIXELS,
                  max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
-    """(height, width) rounded to multiples of factor with area in [min_pixels, max_pixels] (spec §4.3)."""
+    """(height, width) rounded to multiples of factor with area in [min_pixels, max_pixels] (spec §4.3).
+    Same in qwen-vl-utils 0.0.10 and 0.0.14 (which also asserts max >= min: load_video checks that first)."""
     if min(height, width) <= 0:
         raise VideoError(f"bad frame size {width}x{height}")
     if max(height, width) / min(height, width) > MAX_RATIO:
@@ -89,15 +147,27 @@ def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int 
     return hb, wb
 
 
-def video_pixel_limits(n_frames: int, min_pixels=None, max_pixels=None, total_pixels=None) -> tuple[int, int]:
+def video_pixel_limits(n_frames: int, min_pixels=None, max_pixels=None, total_pixels=None,
+                       family="qwen2_5_vl") -> tuple[int, int]:
     """Per-frame (min, max) pixel area for a video of n_frames, as qwen-vl-utils fetch_video computes it."""
-    min_px = VIDEO_MIN_PIXELS if min_pixels is None else min_pixels
-    total = VIDEO_TOTAL_PIXELS if total_pixels is None else total_pixels
+    fam = get_family(family)
+    min_px = fam.min_pixels if min_pixels is None else min_pixels
+    total = fam.total_pixels if total_pixels is None else total_pixels
     # Share the total budget between frame pairs, at most 768 tokens per pair, never below ~min_px.
-    max_px = max(min(VIDEO_MAX_PIXELS, total / n_frames * FRAME_FACTOR), int(min_px * 1.05))
+    max_px = max(min(fam.max_pixels, total / n_frames * FRAME_FACTOR), int(min_px * 1.05))
     if max_pixels is not None:
         max_px = min(max_pixels, max_px)                          # a user max above the cap is clamped
     return min_px, max_px
+
+
+def group_timestamps(frame_indices, video_fps: float, group: int = 2) -> list[float]:
+    """Seconds of each temporal group: the mean of the first and last frame's idx / video_fps, an odd count padded
+    with the last index. Qwen3VLProcessor._calculate_timestamps (4.57) does this with merge_size, which is 2 like the
+    temporal patch in every Qwen3-VL config."""
+    idx = list(frame_indices)
+    idx += idx[-1:] * (-len(idx) % group)
+    t = [i / video_fps for i in idx]
+    return [(t[g] + t[g + group - 1]) / 2 for g in range(0, len(t), group)]
 
 
 # ----------------------------------------------------------------------------- pixels
@@ -112,24 +182,33 @@ def _resize(rgb: np.ndarray, hb: int, wb: int) -> torch.Tensor:
     return y.round().clamp(0, 255).to(torch.uint8)
 
 
-def frames_to_patches(frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """frames [n, 3, H, W] values 0..255, H, W multiples of 28 -> (pixel_values [N, 1176] fp32, (t, h, w))."""
+def frames_to_patches(frames: torch.Tensor, family="qwen2_5_vl") -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """frames [n, 3, H, W] values 0..255, H, W multiples of the family's factor -> (pixel_values [N, 3*2*p*p] fp32,
+    (t, h, w))."""
+    fam = get_family(family)
+    p, m, tp = fam.patch, fam.merge, fam.temporal_patch
     n, c, H, W = frames.shape
-    if c != 3 or H % FACTOR or W % FACTOR:
-        raise VideoError(f"frames must be [n, 3, H, W] with H, W multiples of {FACTOR}, got {list(frames.shape)}")
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    if n % FRAME_FACTOR:
+    if c != 3 or H % fam.factor or W % fam.factor:
+        raise VideoError(f"frames must be [n, 3, H, W] with H, W multiples of {fam.factor}, got {list(frames.shape)}")
+    mean = torch.tensor(fam.mean).view(1, 3, 1, 1)
+    std = torch.tensor(fam.std).view(1, 3, 1, 1)
+    if n % tp:
         frames = torch.cat([frames, frames[-1:]])                  # odd count: repeat the last frame
-    # fp32 (v/255 - mean)/std == HF's float64 rescale then fp32 normalize. In place on one copy:
-    # a long video's fp32 frames take GBs, so we keep just this copy and the permuted output.
-    x = frames.to(torch.float32, copy=True).div_(255).sub_(mean).div_(std)
-    t, gh, gw = x.shape[0] // FRAME_FACTOR, H // PATCH, W // PATCH
-    x = x.reshape(t, FRAME_FACTOR, 3, gh // MERGE, MERGE, PATCH, gw // MERGE, MERGE, PATCH)
+    # In place on one fp32 copy: a long video's fp32 frames take GBs, so we keep just this copy and the output.
+    x = frames.to(torch.float32, copy=True)
+    if fam.fused_normalize:
+        # 4.57's fast video processor folds the rescale into the constants: (v - 255*mean) / (255*std), constants
+        # scaled in fp32; (v/255 - mean)/std would differ from it by an ulp on some levels.
+        x.sub_(mean * 255).div_(std * 255)
+    else:
+        # 4.51's slow processor: fp32 (v/255 - mean)/std == its float64 rescale then fp32 normalize (spec §4.5).
+        x.div_(255).sub_(mean).div_(std)
+    t, gh, gw = x.shape[0] // tp, H // p, W // p
+    x = x.reshape(t, tp, 3, gh // m, m, p, gw // m, m, p)
     # (t, tp, c, bh, mh, ph, bw, mw, pw) -> (t, bh, bw, mh, mw, c, tp, ph, pw): the 4 patches of a
     # 2x2 merge block are adjacent rows, each row is (c, tp, ph, pw) = the Conv3d patch-embed layout.
     x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    return x.reshape(t * gh * gw, 3 * FRAME_FACTOR * PATCH * PATCH), (t, gh, gw)   # reshape copies: contiguous
+    return x.reshape(t * gh * gw, 3 * tp * p * p), (t, gh, gw)   # reshape copies: contiguous
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -154,11 +233,18 @@ def _decode(path: str, on_frame) -> tuple[int, float]:
         raise VideoError(f"cannot read video {path}: {why}") from e
 
 
-def load_video(path, fps: float = 2.0, nframes: int | None = None, max_frames: int = 768,
-               min_pixels=None, max_pixels=None, total_pixels=None) -> Video:
-    """Decode, sample and preprocess a video file like qwen-vl-utils 0.0.10 + the HF processor.
-    Samples at `fps` (frames per second of video) unless `nframes` is given, which then wins.
-    Pixel limits default to qwen-vl-utils' video limits (see video_pixel_limits)."""
+def load_video(path, family="qwen2_5_vl", fps: float | None = None, nframes: int | None = None,
+               max_frames: int | None = None, min_pixels=None, max_pixels=None, total_pixels=None) -> Video:
+    """Decode, sample and preprocess a video file like the family's qwen-vl-utils + HF processor.
+    Samples at `fps` (frames per second of video) unless `nframes` is given, which then wins. A None flag takes the
+    family's default: fps 2, max_frames 768, pixel limits per frame and per video of video_pixel_limits."""
+    fam = get_family(family)
+    fps = fam.fps if fps is None else fps
+    max_frames = fam.max_frames if max_frames is None else max_frames
+    min_px = fam.min_pixels if min_pixels is None else min_pixels
+    if fam.strict_pixel_limits and max_pixels is not None and max_pixels < min_px:   # before any decoding
+        raise VideoError(f"max_pixels={max_pixels} is below min_pixels={min_px} (per frame), which {fam.name}'s "
+                         f"reference refuses; lower min_pixels too")
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VideoError(f"video not found: {path}")
@@ -175,11 +261,11 @@ def load_video(path, fps: float = 2.0, nframes: int | None = None, max_frames: i
     if not video_fps > 0:
         raise VideoError(f"cannot determine the frame rate of {path}")
     H, W = sizes.pop()
-    n = smart_nframes(total, video_fps, fps=fps, nframes=nframes, max_frames=max_frames)
+    n = smart_nframes(total, video_fps, fps=fps, nframes=nframes, min_frames=fam.min_frames, max_frames=max_frames)
     idx = torch.linspace(0, total - 1, n).round().long().tolist()  # fp32 linspace, half-to-even, like qwen-vl-utils
     sample_fps = n / total * video_fps
-    min_px, max_px = video_pixel_limits(n, min_pixels, max_pixels, total_pixels)
-    hb, wb = smart_resize(H, W, FACTOR, min_px, max_px)
+    min_px, max_px = video_pixel_limits(n, min_pixels, max_pixels, total_pixels, fam)
+    hb, wb = smart_resize(H, W, fam.factor, min_px, max_px)
 
     # Pass 2: decode again; convert and shrink only the picked frames, so we hold n small uint8 frames.
     kept, next_pick = [], 0
@@ -196,11 +282,16 @@ def load_video(path, fps: float = 2.0, nframes: int | None = None, max_frames: i
     if total2 != total or len(kept) != n:
         raise VideoError(f"{path} decoded to {total} frames, then to {total2}: unstable or corrupt file")
 
-    pixel_values, grid = frames_to_patches(torch.stack(kept))     # [n, 3, hb, wb] -> [N, 1176]
-    second_per_grid = FRAME_FACTOR / sample_fps
-    meta = dict(path=path, video_fps=video_fps, frames_decoded=total, frame_indices=idx, sample_fps=sample_fps,
-                nframes=n, resized_height=hb, resized_width=wb, grid_thw=list(grid), second_per_grid=second_per_grid)
-    return Video(pixel_values, grid, second_per_grid, meta)
+    pixel_values, grid = frames_to_patches(torch.stack(kept), fam)  # [n, 3, hb, wb] -> [N, 3*2*p*p]
+    second_per_grid = fam.temporal_patch / sample_fps
+    timestamps = group_timestamps(idx, video_fps, fam.temporal_patch)
+    meta = dict(path=path, family=fam.model_type, video_fps=video_fps, frames_decoded=total,
+                fps=None if nframes is not None else fps, nframes_requested=nframes, max_frames=max_frames,
+                frame_indices=idx, sample_fps=sample_fps, nframes=n, min_pixels=min_px, max_pixels=max_px,
+                total_pixels=fam.total_pixels if total_pixels is None else total_pixels,
+                resized_height=hb, resized_width=wb, grid_thw=list(grid), second_per_grid=second_per_grid,
+                timestamps=timestamps)
+    return Video(pixel_values, grid, second_per_grid, meta, tuple(timestamps), fam.model_type)
 
 
 # ----------------------------------------------------------------------------- prompt
@@ -215,20 +306,85 @@ def load_tokenizer(model_dir) -> Tokenizer:
         raise VideoError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
     if missing:
-        raise VideoError(f"{path} is not a Qwen2.5-VL tokenizer: missing {', '.join(missing)}")
+        raise VideoError(f"{path} is not a Qwen VL tokenizer: missing {', '.join(missing)}")
     return tok
 
 
-def build_prompt(tokenizer: Tokenizer, question: str, n_video_tokens: int, system: str | None = None) -> list[int]:
-    """Token ids of the Qwen2.5-VL chat template (spec §5) for one video followed by the question."""
-    system = DEFAULT_SYSTEM if system is None else system
-    text = (f"<|im_start|>system\n{system}<|im_end|>\n"
-            f"<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>{question}<|im_end|>\n"
-            f"<|im_start|>assistant\n")
-    # Special tokens are matched whole by the tokenizer; no BOS is added (spec §1.3).
+def chat_template(model_dir) -> str | None:
+    """The chat template text a checkpoint ships, where transformers' processor looks for it: chat_template.jinja,
+    then chat_template.json, then tokenizer_config.json's "chat_template". None if there is none."""
+    model_dir = os.fspath(model_dir)
+    jinja = os.path.join(model_dir, "chat_template.jinja")
+    if os.path.isfile(jinja):
+        with open(jinja, encoding="utf-8") as f:
+            return f.read()
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        path = os.path.join(model_dir, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                template = json.load(f).get("chat_template")
+        except (ValueError, AttributeError) as e:
+            raise VideoError(f"cannot read {path}: {str(e).splitlines()[0]}") from e
+        if template is not None:
+            if not isinstance(template, str):
+                raise VideoError(f"{path}: chat_template is not a single template string")
+            return template
+    return None
+
+
+def thinking_template(model_dir) -> bool:
+    """Whether the checkpoint's chat template is a Thinking one: its generation prompt is literally
+    '<|im_start|>assistant\\n<think>\\n' (Qwen3-VL-*-Thinking), where Instruct's stops after 'assistant\\n'.
+    No template, or any other one, counts as Instruct."""
+    template = chat_template(model_dir)
+    return template is not None and r"<|im_start|>assistant\n<think>\n" in template
+
+
+def build_prompt(tokenizer: Tokenizer, question: str, video, system: str | None = None, family=None,
+                 thinking: bool = False) -> list[int]:
+    """Token ids of the family's chat template for one video followed by the question, with the video expanded as
+    the HF processor does: Qwen2.5-VL one block of n_tokens <|video_pad|> (spec qwen25vl.md §5); Qwen3-VL per temporal
+    group `<{t:.1f} seconds>` then its block of h*w/4 <|video_pad|>, and no default system message.
+    video: a Video (for Qwen2.5-VL its <|video_pad|> count also does). family defaults to the video's.
+    thinking: the Thinking template's generation prompt, which opens the reasoning with <think>\\n (see
+    thinking_template)."""
+    if not isinstance(video, Video):                # a <|video_pad|> count: enough for Qwen2.5-VL only
+        fam = get_family(family or "qwen2_5_vl")
+        if fam.timestamps:
+            raise VideoError(f"a {fam.name} prompt needs the Video (its timestamps), not a token count")
+        blocks = [("", int(video))]                  # (text before <|vision_start|>, number of <|video_pad|>)
+    else:
+        fam = get_family(family or video.family)
+        if fam.model_type != video.family:
+            raise VideoError(f"a {video.family} video cannot go in a {fam.model_type} prompt")
+        t, h, w = video.grid_thw
+        if not fam.timestamps:
+            blocks = [("", video.n_tokens)]
+        elif len(video.timestamps) != t:
+            raise VideoError(f"the video has {len(video.timestamps)} timestamps for {t} temporal groups")
+        else:
+            blocks = [(f"<{s:.1f} seconds>", h * w // fam.merge ** 2) for s in video.timestamps]
+    if thinking and not fam.thinking:
+        raise VideoError(f"{fam.name} has no Thinking chat template")
+    if thinking and tokenizer.token_to_id(THINK_OPEN.strip()) is None:
+        raise VideoError(f"the tokenizer has no {THINK_OPEN.strip()} token, so it is not a Thinking checkpoint's")
+    system = fam.default_system if system is None else system
+    text = ("" if system is None else f"<|im_start|>system\n{system}<|im_end|>\n") + "<|im_start|>user\n"
+    text += "".join(f"{label}<|vision_start|><|video_pad|><|vision_end|>" for label, _ in blocks)
+    text += f"{question}<|im_end|>\n<|im_start|>assistant\n" + (THINK_OPEN if thinking else "")
+    # One <|video_pad|> per block, expanded after encoding: special tokens are matched whole by the tokenizer, so the
+    # text around them tokenizes the same as in the processor's fully expanded string. No BOS is added (spec §1.3).
     ids = tokenizer.encode(text, add_special_tokens=False).ids
     pad = tokenizer.token_to_id("<|video_pad|>")
-    if ids.count(pad) != 1:
+    if ids.count(pad) != len(blocks):
         raise VideoError("the question and system prompt must not contain <|video_pad|>")
-    i = ids.index(pad)
-    return ids[:i] + [pad] * n_video_tokens + ids[i + 1:]         # what the HF processor's expansion yields
+    out, k = [], 0
+    for i in ids:
+        if i == pad:
+            out += [pad] * blocks[k][1]
+            k += 1
+        else:
+            out.append(i)
+    return out
