@@ -257,8 +257,9 @@ def run_sample(model, tok, a, item, modes, conf, dev, stop_ids):
         if item.get("data_type", "video") != "video":
             raise V.VideoError(f"data_type {item['data_type']!r} is not supported (videos only)")
         t0 = time.perf_counter()
-        video = V.load_video(os.path.join(a.video_root, item.get("path", item.get("video"))), fps=a.fps, nframes=a.nframes,
-                             max_frames=a.max_frames, min_pixels=a.min_pixels, max_pixels=a.max_pixels, total_pixels=a.total_pixels)
+        video = V.load_video(os.path.join(a.video_root, item.get("path", item.get("video"))), model.c.model_type, fps=a.fps,
+                             nframes=a.nframes, max_frames=a.max_frames, min_pixels=a.min_pixels, max_pixels=a.max_pixels,
+                             total_pixels=a.total_pixels)
         video_s = time.perf_counter() - t0
         prep = R.prepare(model, tok, video, question(item), a.system)
     except V.VideoError as e:  # a missing or unreadable video costs this sample only
@@ -679,7 +680,7 @@ def parse_args(argv):
     p.add_argument("--limit", type=int, default=None, help="first N entries of each file")
     p.add_argument("--retry-errors", action="store_true", help="rerun entries recorded as errors (e.g. a video now present)")
     R.add_args(p)  # vreason.py's decoding, V-Reason, video and runtime flags
-    p.set_defaults(max_frames=16, max_pixels=128 * 28 * 28)  # spec §7: up to 16 frames of 128*28*28 pixels
+    p.set_defaults(max_frames=16)  # spec §7: up to 16 frames of 128 tokens (--max-pixels: set in run(), per family)
     a = p.parse_args(argv)
     R.check_args(a)
     a.modes = a.modes.split(",")
@@ -700,8 +701,7 @@ def check_resume(recs, conf, out):
                                f"use another --out, or the same settings to resume")
 
 
-def run_shard(a, mine, conf, dev, dtype, device_map, rank):
-    model_dir = R.resolve_model(a.model)
+def run_shard(a, model_dir, mine, conf, dev, dtype, device_map, rank):
     tok = V.load_tokenizer(model_dir)
     model = M.load_model(model_dir, dev, dtype, device_map)
     stop_ids = {tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")} - {None}
@@ -739,6 +739,9 @@ def run(a):
         for it in items:
             it["dataset"] = n
     dev, dtype = M.pick_device_dtype(a.device, a.dtype)
+    model_dir = R.resolve_model(a.model)
+    if a.max_pixels is None:  # Video-R1's 128*28*28 for Qwen2.5-VL: 128 tokens a frame, which is 128*32*32 for Qwen3-VL
+        a.max_pixels = 128 * V.get_family(M.model_type(model_dir)).factor ** 2
     conf = {m: settings(a, m, dtype) for m in a.modes}
     os.makedirs(a.out, exist_ok=True)
     recs = read_records(a.out)
@@ -766,7 +769,7 @@ def run(a):
         torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=24))
         torch.distributed.barrier()  # nobody appends before every rank has read the record files
     if todo[rank::world]:
-        run_shard(a, todo[rank::world], conf, dev, dtype, device_map, rank)
+        run_shard(a, model_dir, todo[rank::world], conf, dev, dtype, device_map, rank)
     if world > 1:
         torch.distributed.barrier()  # every shard is on disk
     if rank == 0 and (missing := write_results(a, datasets)):

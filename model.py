@@ -19,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import video as V
+
 FAMILIES = {"qwen2_5_vl": "qwen25vl", "qwen3_vl": "qwen3vl"}  # config.json model_type -> the family's module
 
 
@@ -385,6 +387,8 @@ class VideoLM(nn.Module):
     rows are known (PORTING.md). The decoder and the head are shared by both families; a family file adds `visual`,
     `encode_video`, `prompt`, and its checkpoint names."""
 
+    thinking = False  # a Thinking checkpoint (its chat template opens the answer with <think>): set by load_model
+
     def __init__(self, c):
         super().__init__()
         self.c = c
@@ -659,4 +663,5 @@ def load_model(model_dir, device="cpu", dtype=torch.float32, device_map=None):
     if missing or unexpected:
         raise ModelError(f"{model_dir}: checkpoint does not match the config: missing {missing[:5]}{' ...' if len(missing) > 5 else ''}"
                          f" ({len(missing)}), unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)})")
+    model.thinking = V.get_family(c.model_type).thinking and V.thinking_template(model_dir)
     return model.eval()

@@ -133,5 +133,5 @@ class Model(M.VideoLM):
         return M.Visual(self.visual(video.pixel_values.to(self.visual.merger.ln_q.weight.device), [video.grid_thw]))
 
     def prompt(self, tok, question, video, system=None):
-        ids = V.build_prompt(tok, question, video.n_tokens, system)
+        ids = V.build_prompt(tok, question, video, system, V.QWEN25_VL)
         return ids, rope_index(ids, [video.grid_thw], [video.second_per_grid], self.c)

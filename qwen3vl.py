@@ -146,5 +146,5 @@ class Model(M.VideoLM):
         return M.Visual(embeds, deepstack)
 
     def prompt(self, tok, question, video, system=None):
-        ids = V.build_prompt(tok, question, video, system, V.QWEN3VL)
+        ids = V.build_prompt(tok, question, video, system, V.QWEN3_VL, thinking=self.thinking)
         return ids, rope_index(ids, [video.grid_thw], self.c)

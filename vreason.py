@@ -342,8 +342,10 @@ def resolve_model(name):
 
 def add_args(p):
     """The flags vreason.py and eval.py share: model, decoding, V-Reason, video, runtime."""
-    p.add_argument("--model", default="Qwen/Qwen2.5-VL-7B-Instruct", help="checkpoint directory or Hugging Face id")
-    p.add_argument("--system", default=None, help="system prompt (default: the Qwen2.5-VL default)")
+    p.add_argument("--model", default="Qwen/Qwen2.5-VL-7B-Instruct",
+                   help="checkpoint directory or Hugging Face id: Qwen2.5-VL or Qwen3-VL (Instruct or Thinking)")
+    p.add_argument("--system", default=None, help="system prompt (default: the family's: Qwen2.5-VL 'You are a helpful "
+                                                  "assistant.', Qwen3-VL none)")
     p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -364,9 +366,11 @@ def add_args(p):
     g.add_argument("--fps", type=float, default=2.0, help="frames sampled per second")
     g.add_argument("--nframes", type=int, default=None, help="sample exactly this many frames (overrides --fps)")
     g.add_argument("--max-frames", type=int, default=768)
-    g.add_argument("--min-pixels", type=int, default=None, help="per frame (default 128*28*28)")
-    g.add_argument("--max-pixels", type=int, default=None, help="per frame (default 768*28*28)")
-    g.add_argument("--total-pixels", type=int, default=None, help="all frames together (default 128000*28*28*0.9)")
+    g.add_argument("--min-pixels", type=int, default=None, help="per frame (default 128 tokens: 128*28*28 for "
+                                                                "Qwen2.5-VL, 128*32*32 for Qwen3-VL)")
+    g.add_argument("--max-pixels", type=int, default=None, help="per frame (default 768 tokens: 768*28*28 / 768*32*32)")
+    g.add_argument("--total-pixels", type=int, default=None, help="all frames together (default 128000*28*28*0.9 / "
+                                                                  "128000*32*32*0.9)")
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
@@ -533,11 +537,12 @@ def run(a):
     out = None if a.quiet else sys.stderr if a.json == "-" else sys.stdout
     say = (lambda *x: print(*x, file=out, flush=True)) if out else (lambda *x: None)
     dev, dtype = M.pick_device_dtype(a.device, a.dtype)
+    model_dir = resolve_model(a.model)
+    family = M.model_type(model_dir)  # the video's preprocessing and the prompt are the family's
     t0 = time.perf_counter()
-    video = V.load_video(a.video, fps=a.fps, nframes=a.nframes, max_frames=a.max_frames,
+    video = V.load_video(a.video, family, fps=a.fps, nframes=a.nframes, max_frames=a.max_frames,
                          min_pixels=a.min_pixels, max_pixels=a.max_pixels, total_pixels=a.total_pixels)
     t_video = time.perf_counter() - t0
-    model_dir = resolve_model(a.model)
     tok = V.load_tokenizer(model_dir)
     t0 = time.perf_counter()
     model = M.load_model(model_dir, dev, dtype, None if a.device_map == "none" else a.device_map)
@@ -575,6 +580,7 @@ def run(a):
     if a.json:
         record = {**run_record(main_run), "mode": main_run.mode, "prompt_tokens": len(prep.ids),
                   "video_tokens": video.n_tokens, "video": vm, "question": a.q, "model": a.model, "model_dir": model_dir,
+                  "family": family, "thinking": model.thinking,
                   "dtype": str(dtype).replace("torch.", ""), "device": str(dev),
                   "settings": {**{k: v for k, v in vars(a).items() if k not in ("json", "quiet")}, **asdict(s)},
                   "timings": {"video_s": t_video, "load_s": t_load, "vision_s": prep.vision_s, **main_run.timings}}

@@ -127,3 +127,68 @@ def test_config_errors_name_the_key(qwen3, tmp_path, edit, msg):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(M.ModelError, match=msg):
         M.load_model(str(d))
+
+
+# ----------------------------------------------------------------------------- the CLI and eval.py, no new flags
+
+@pytest.fixture(scope="module")
+def q3_dirs(qwen3, qwen_tokenizer_json, tmp_path_factory):
+    """The tiny Qwen3-VL checkpoint with a real Qwen tokenizer: as Instruct (no template file: no <think>) and as
+    Thinking (the Thinking chat template shipped beside it)."""
+    base = tmp_path_factory.mktemp("q3cli")
+    out = {}
+    for kind in ("instruct", "thinking"):
+        d = base / kind
+        shutil.copytree(qwen3["dir"]["tied"], d)
+        shutil.copy(qwen_tokenizer_json, d / "tokenizer.json")
+        if kind == "thinking":
+            shutil.copy(os.path.join(os.path.dirname(__file__), "data", "qwen3vl_thinking.jinja"), d / "chat_template.jinja")
+        out[kind] = str(d)
+    return out
+
+
+@pytest.fixture(scope="module")
+def q3_clip(tmp_path_factory):
+    from clips import write_clip
+
+    return write_clip(str(tmp_path_factory.mktemp("q3clip") / "clip.mp4"), n_frames=20, width=96, height=64, fps=8)
+
+
+@pytest.mark.parametrize("kind", ["instruct", "thinking"])
+def test_cli_runs_qwen3vl_in_every_mode(q3_dirs, q3_clip, tmp_path, capsys, kind):
+    out = tmp_path / "r.json"
+    argv = ["--video", q3_clip, "--q", "What happens?", "--model", q3_dirs[kind], "--mode", "lite", "--compare",
+            "--max-new-tokens", "6", "--json", str(out)]
+    assert R.main(argv) == 0, capsys.readouterr().err
+    rec = json.loads(out.read_text())
+    assert rec["family"] == "qwen3_vl" and rec["thinking"] == (kind == "thinking")
+    v = rec["video"]
+    assert v["family"] == "qwen3_vl" and v["resized_width"] % 32 == 0 and v["min_pixels"] == 128 * 32 * 32
+    assert len(v["timestamps"]) == v["grid_thw"][0] >= 2  # one "<t seconds>" per frame group
+    tok = V.load_tokenizer(q3_dirs[kind])
+    ids = V.build_prompt(tok, "What happens?", V.Video(None, tuple(v["grid_thw"]), None, {}, tuple(v["timestamps"]), "qwen3_vl"),
+                         thinking=kind == "thinking")
+    assert rec["prompt_tokens"] == len(ids)
+    assert not tok.decode(ids, skip_special_tokens=False).startswith("<|im_start|>system")  # no default system turn
+    assert rec["vreason"]["video_tokens_kept"] == rec["video_tokens"] - rec["video_tokens"] // 2
+    assert len(rec["token_ids"]) == len(rec["entropies"]) == 6 and len(rec["baseline"]["token_ids"]) == 6
+    assert rec["vreason"]["updates"] == 3  # k = 2 over 6 tokens
+    for mode in ("baseline", "vreason"):
+        assert R.main([*argv[:6], "--mode", mode, "--max-new-tokens", "4", "--json", str(out)]) == 0
+        assert json.loads(out.read_text())["mode"] == mode
+
+
+def test_eval_runs_qwen3vl_with_its_defaults(q3_dirs, q3_clip, tmp_path):
+    import eval as E
+
+    data = tmp_path / "eval_tiny.jsonl"
+    rows = [dict(problem_id=i, problem=f"Which {i}? ", options=["A. a", "B. b"], solution="<answer>A</answer>",
+                 problem_type="multiple choice", path=os.path.basename(q3_clip)) for i in range(2)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    assert E.main(["--data", str(data), "--video-root", os.path.dirname(q3_clip), "--out", str(out), "--model",
+                   q3_dirs["instruct"], "--max-new-tokens", "4"]) == 0
+    recs = [json.loads(x) for x in open(out / "records.jsonl")]
+    assert len(recs) == 6 and not any(r["error"] for r in recs)
+    assert all(r["settings"]["max_pixels"] == 128 * 32 * 32 and r["settings"]["max_frames"] == 16 for r in recs)
+    assert {r["mode"]: r["video_tokens_kept"] for r in recs if r["id"] == "0"}["lite"] < recs[0]["video_tokens"]
