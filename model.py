@@ -388,6 +388,7 @@ class VideoLM(nn.Module):
     `encode_video`, `prompt`, and its checkpoint names."""
 
     thinking = False  # a Thinking checkpoint (its chat template opens the answer with <think>): set by load_model
+    compiled = cuda_graphs = False  # set by compile_decode()
 
     def __init__(self, c):
         super().__init__()
@@ -402,7 +403,27 @@ class VideoLM(nn.Module):
 
     # --- the contract
     def new_cache(self, max_len):
-        return KVCache.empty(self.c, max_len, self.layer_devices(), self.dtype)
+        if not self.compiled:
+            return KVCache.empty(self.c, max_len, self.layer_devices(), self.dtype)
+        # compiled: one cache for the life of the model, grown (in steps of 512 rows: a recompile) only when a request
+        # needs more, so that the step keeps its shapes and, under CUDA graphs, its addresses. One sample at a time.
+        cache = self._cache
+        if cache is None or cache.k[0].shape[1] < max_len:
+            cache = self._cache = KVCache.empty(self.c, -(-max_len // 512) * 512, self.layer_devices(), self.dtype)
+            if self.cuda_graphs:  # the graphs write into these in place: their addresses are part of the graph
+                for t in [*cache.k, *cache.v, *cache.at.values()]:
+                    torch._dynamo.mark_static_address(t)
+        cache.length = 0
+        return cache
+
+    def compile_decode(self):
+        """--compile: torch.compile the decode step, whole (fullgraph), in mode "reduce-overhead" on CUDA so that CUDA
+        graphs replay it (one launch a token instead of ~40 a layer), the default mode elsewhere. Its shapes and Python
+        values never change from token to token, so each variant (finish or not, see decode) compiles once. The eager
+        step stays the readable reference; tests/test_compile.py holds the two equal."""
+        self.cuda_graphs = any(d.type == "cuda" for d in self.devices())
+        self.step = torch.compile(self.step, fullgraph=True, mode="reduce-overhead" if self.cuda_graphs else None)
+        self.compiled, self._cache = True, None
 
     def prefill(self, ids, pos, visual, cache):
         deepstack = (ids == self.c.video_token_id, visual.deepstack) if visual is not None and visual.deepstack else None
@@ -414,9 +435,13 @@ class VideoLM(nn.Module):
         and Python values are the same for every token, and it makes no host sync."""
         for at in cache.at.values():
             at.fill_(cache.length)  # a fill kernel with the value as its argument: asynchronous
-        out = self.step(token, pos, cache, finish)
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new token: the previous replay's outputs may be overwritten
+        logits, h_in = self.step(token, pos, cache, finish)
         cache.length += 1
-        return out
+        if self.compiled:  # the graph's outputs live in its own memory, which the next replay reuses: keep copies
+            logits, h_in = (None if logits is None else logits.clone()), h_in.clone()
+        return logits, h_in
 
     def step(self, token, pos, cache, finish):
         return self.layers(self.embed(token), pos, cache, finish=finish, at=cache.at)

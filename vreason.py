@@ -94,20 +94,21 @@ def entropy(logits):  # [V] fp32 (or fp64) logits from model.logits -> nats, ful
 
 
 def choose(logits, s, seen, gen):
-    """Greedy argmax, or temperature / top-p sampling. `seen` holds every id so far (for the repetition penalty)."""
+    """Greedy argmax, or temperature / top-p sampling -> the token, [1] int64 on the logits' device (greedy decoding
+    never brings it to the host here). `seen` holds every id so far (for the repetition penalty)."""
     if s.repetition_penalty != 1.0:
         logits = logits.clone()
         seen = seen.to(logits.device)
         prev = logits[seen]
         logits[seen] = torch.where(prev > 0, prev / s.repetition_penalty, prev * s.repetition_penalty)
     if s.temperature == 0:
-        return int(logits.argmax())
+        return logits.argmax()[None]
     probs = torch.softmax(logits / s.temperature, -1)
     if s.top_p < 1.0:
         p, idx = probs.sort(descending=True)
         drop = p.cumsum(0) - p > s.top_p  # keep the smallest prefix whose mass reaches top_p
         probs = torch.zeros_like(probs).scatter_(0, idx, p.masked_fill(drop, 0))
-    return int(torch.multinomial(probs.cpu(), 1, generator=gen))
+    return torch.multinomial(probs.cpu(), 1, generator=gen).to(logits.device)  # a CPU generator: the same draw anywhere
 
 
 # ----------------------------------------------------------------------------- the method (paper §3, spec §2-§5)
@@ -180,12 +181,13 @@ class Switch:
     global peak it stays -1. `minimize` / `maximize` are the paper's fixed-sign ablations."""
 
     def __init__(self, beta, objective):
-        self.beta, self.objective, self.ema, self.peak = beta, objective, None, None
+        self.beta, self.objective, self.ema, self.peak, self.alpha = beta, objective, None, None, None
 
     def __call__(self, H):  # entropy of the current token -> alpha
         self.ema = H if self.ema is None else self.beta * self.ema + (1 - self.beta) * H
         self.peak = self.ema if self.peak is None else max(self.peak, self.ema)
-        return {"switch": -1.0 if self.ema < self.peak else 1.0, "minimize": -1.0, "maximize": 1.0}[self.objective]
+        self.alpha = {"switch": -1.0 if self.ema < self.peak else 1.0, "minimize": -1.0, "maximize": 1.0}[self.objective]
+        return self.alpha
 
 
 def prune(cache, rows, ratio, policy):
@@ -242,26 +244,33 @@ def generate(model, prep, s, stop_ids, info=None):
     due = lambda t: ctrl is not None and s.steps > 0 and t % s.update_every == 0  # an update at step t
     try:
         for t in range(s.max_new_tokens):
-            H = float(entropy(logits.detach()))
-            alpha = switch(H)
-            step = Step(0, H, switch.ema, switch.peak, alpha)
-            if due(t):
+            H = entropy(logits.detach())  # on the device; read with the token below
+            step = Step(0, 0.0, 0.0, 0.0, 0.0)
+            if due(t):  # the switching rule needs this entropy on the host before the update (eager, spec §4 step 3)
+                step.entropy_before = float(H)
+                alpha = switch(step.entropy_before)
                 t0 = time.perf_counter()  # (the update's first forward, when shared with the decode step, is not counted)
                 graph = logits if logits.requires_grad else None
-                step.loss, step.entropy_before, step.updated = ctrl.update(model, cache, h_in, pos, alpha, graph), H, True
+                step.loss, step.updated = ctrl.update(model, cache, h_in, pos, alpha, graph), True
                 logits = logits.detach()
                 if s.redecode:
                     with torch.no_grad():
                         logits = ctrl.logits(model, cache, h_in, pos)
-                    step.entropy = float(entropy(logits))
+                    H = entropy(logits)
                 sync(model)
                 step.opt_s = time.perf_counter() - t0
                 info["updates"] += 1
-            step.token = choose(logits, s, seen, gen)
+            token = choose(logits, s, seen, gen)
+            # the one device -> host read of a plain step: the token (to stream it and to stop) and its entropy
+            token_f, step.entropy = torch.stack([token[0].double(), H.double()]).tolist()
+            step.token = int(token_f)  # (ids < 2**53 are exact in float64)
+            if not step.updated:
+                switch(step.entropy)
+            step.alpha, step.ema, step.peak = switch.alpha, switch.ema, switch.peak
             yield step
             if step.token in stop_ids or t == s.max_new_tokens - 1:
                 return
-            seen = torch.cat([seen, seen.new_tensor([step.token])])
+            seen = torch.cat([seen, token.to(seen.device)])
             pos = torch.full((3, 1), nxt + t, device=dev)
             with torch.no_grad():
                 logits, h_in = model.decode(seen[-1:], pos, cache, finish=not due(t + 1))
