@@ -372,14 +372,38 @@ def add_args(p):
                    help="auto: split the decoder layers over all visible GPUs (32B / 72B)")
 
 
+# Qwen-VL checkpoints are trained for 128000 (Qwen2.5-VL) or 262144 (Qwen3-VL) positions: no answer can be longer.
+MAX_NEW_TOKENS = 262144
+# --temperature and --repetition-penalty divide logits: below this, sampling is argmax in all but name, and the
+# quotient can overflow float32 (inf, then NaN probabilities).
+MIN_DIVISOR = 1e-6
+
+
 def check_args(a):
-    for name, ok in (("--max-new-tokens", a.max_new_tokens >= 1), ("--temperature", a.temperature >= 0),
-                     ("--top-p", 0 < a.top_p <= 1), ("--fps", a.fps > 0), ("--repetition-penalty", a.repetition_penalty > 0),
-                     ("--nframes", a.nframes is None or a.nframes >= 2), ("--max-frames", a.max_frames >= 2),
-                     ("--beta", 0 <= a.beta < 1), ("--update-every", a.update_every >= 1), ("--steps", a.steps >= 0),
-                     ("--lr", a.lr >= 0), ("--prune-ratio", a.prune_ratio is None or 0 <= a.prune_ratio < 1)):
+    """Every decoding / V-Reason / video flag, before anything is read or loaded. Each rule states what is allowed:
+    comparisons with NaN are false, so NaN fails every rule, and `< inf` keeps out the infinities that argparse's
+    float() accepts ("inf", 1e999)."""
+    inf, block, tiny = math.inf, V.FACTOR**2, MIN_DIVISOR
+    rules = [("--max-new-tokens", 1 <= a.max_new_tokens <= MAX_NEW_TOKENS, f"an integer from 1 to {MAX_NEW_TOKENS}"),
+             ("--temperature", a.temperature == 0 or tiny <= a.temperature < inf, f"0 (greedy) or a finite number >= {tiny}"),
+             ("--top-p", 0 < a.top_p <= 1, "a number in (0, 1]"),
+             ("--repetition-penalty", tiny <= a.repetition_penalty < inf, f"a finite number >= {tiny}"),
+             ("--seed", 0 <= a.seed < 2**64, "an integer from 0 to 2**64-1"),
+             ("--beta", 0 <= a.beta < 1, "a number in [0, 1)"),
+             ("--update-every", a.update_every >= 1, "an integer >= 1"),
+             ("--steps", a.steps >= 0, "an integer >= 0"),
+             ("--lr", 0 <= a.lr < inf, "a finite number >= 0"),
+             ("--prune-ratio", a.prune_ratio is None or 0 <= a.prune_ratio < 1, "a number in [0, 1)"),
+             ("--fps", 0 < a.fps < inf, "a finite number > 0"),
+             ("--nframes", a.nframes is None or a.nframes >= 2, "an integer >= 2"),
+             ("--max-frames", a.max_frames >= 2, "an integer >= 2")]
+    rules += [(f"--{k}-pixels", v is None or v >= block, f"an integer >= {block}, one {V.FACTOR}x{V.FACTOR} block")
+              for k, v in (("min", a.min_pixels), ("max", a.max_pixels), ("total", a.total_pixels))]
+    for flag, ok, want in rules:
         if not ok:
-            raise UsageError(f"argument {name}: invalid value {getattr(a, name[2:].replace('-', '_'))}")
+            raise UsageError(f"argument {flag}: invalid value {getattr(a, flag[2:].replace('-', '_'))} (must be {want})")
+    if a.min_pixels is not None and a.max_pixels is not None and a.min_pixels > a.max_pixels:
+        raise UsageError(f"--min-pixels {a.min_pixels} is above --max-pixels {a.max_pixels}")
 
 
 def parse_args(argv):

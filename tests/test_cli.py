@@ -151,7 +151,51 @@ def test_bad_model(case, model_dir, clip, tmp_path, capsys):
     assert words in err, err
 
 
-@pytest.mark.parametrize("flags", [["--mode", "nonsense"], ["--dtype", "float8"], ["--device", "tpu"], ["--temperature", "-1"],
-                                   ["--top-p", "0"], ["--max-new-tokens", "0"], ["--fps", "abc"], ["--bogus-flag", "1"]])
-def test_bad_flags(flags, model_dir, clip, tmp_path, capsys):
-    _bad(capsys, tmp_path, ["--video", clip, "--q", "x", "--model", model_dir, *SMALL, *flags])
+# Every flag class: argparse's own errors, then each range rule of check_args (NaN and infinities included), before
+# anything is loaded. The expected line is exact; "..." ends a prefix (argparse quotes choices differently by version).
+BAD_FLAGS = {
+    "unknown mode": (["--mode", "nonsense"], "argument --mode: invalid choice: 'nonsense' (choose from ..."),
+    "unknown dtype": (["--dtype", "float8"], "argument --dtype: invalid choice: 'float8' (choose from ..."),
+    "unknown device": (["--device", "tpu"], "argument --device: invalid choice: 'tpu' (choose from ..."),
+    "not a number": (["--fps", "abc"], "argument --fps: invalid float value: 'abc'"),
+    "unknown flag": (["--bogus-flag", "1"], "unrecognized arguments: --bogus-flag 1"),
+    "compare without a method": (["--compare"], "--compare runs the baseline next to --mode vreason or lite; pick one of those"),
+    "lr inf": (["--lr", "inf"], "argument --lr: invalid value inf (must be a finite number >= 0)"),
+    "lr 1e999": (["--lr", "1e999"], "argument --lr: invalid value inf (must be a finite number >= 0)"),
+    "lr nan": (["--lr", "nan"], "argument --lr: invalid value nan (must be a finite number >= 0)"),
+    "fps inf": (["--fps", "inf"], "argument --fps: invalid value inf (must be a finite number > 0)"),
+    "fps nan": (["--fps", "nan"], "argument --fps: invalid value nan (must be a finite number > 0)"),
+    "fps 0": (["--fps", "0"], "argument --fps: invalid value 0.0 (must be a finite number > 0)"),
+    "temperature inf": (["--temperature", "inf"], "argument --temperature: invalid value inf (must be 0 (greedy) or a finite number >= 1e-06)"),
+    "temperature -1": (["--temperature", "-1"], "argument --temperature: invalid value -1.0 (must be 0 (greedy) or a finite number >= 1e-06)"),
+    "temperature 1e-300": (["--temperature", "1e-300"], "argument --temperature: invalid value 1e-300 (must be 0 (greedy) or a finite number >= 1e-06)"),
+    "top-p nan": (["--top-p", "nan"], "argument --top-p: invalid value nan (must be a number in (0, 1])"),
+    "top-p 0": (["--top-p", "0"], "argument --top-p: invalid value 0.0 (must be a number in (0, 1])"),
+    "repetition-penalty inf": (["--repetition-penalty", "inf"], "argument --repetition-penalty: invalid value inf (must be a finite number >= 1e-06)"),
+    "repetition-penalty 0": (["--repetition-penalty", "0"], "argument --repetition-penalty: invalid value 0.0 (must be a finite number >= 1e-06)"),
+    "beta nan": (["--beta", "nan"], "argument --beta: invalid value nan (must be a number in [0, 1))"),
+    "beta 1": (["--beta", "1"], "argument --beta: invalid value 1.0 (must be a number in [0, 1))"),
+    "prune-ratio nan": (["--prune-ratio", "nan"], "argument --prune-ratio: invalid value nan (must be a number in [0, 1))"),
+    "prune-ratio 1": (["--prune-ratio", "1"], "argument --prune-ratio: invalid value 1.0 (must be a number in [0, 1))"),
+    "seed -1": (["--seed", "-1"], "argument --seed: invalid value -1 (must be an integer from 0 to 2**64-1)"),
+    "seed 2**64": (["--seed", str(2**64)], f"argument --seed: invalid value {2**64} (must be an integer from 0 to 2**64-1)"),
+    "max-new-tokens 0": (["--max-new-tokens", "0"], "argument --max-new-tokens: invalid value 0 (must be an integer from 1 to 262144)"),
+    "max-new-tokens past positions": (["--max-new-tokens", "262145"],
+                                      "argument --max-new-tokens: invalid value 262145 (must be an integer from 1 to 262144)"),
+    "update-every 0": (["--update-every", "0"], "argument --update-every: invalid value 0 (must be an integer >= 1)"),
+    "steps -1": (["--steps", "-1"], "argument --steps: invalid value -1 (must be an integer >= 0)"),
+    "nframes 1": (["--nframes", "1"], "argument --nframes: invalid value 1 (must be an integer >= 2)"),
+    "max-frames 1": (["--max-frames", "1"], "argument --max-frames: invalid value 1 (must be an integer >= 2)"),
+    "max-pixels -1": (["--max-pixels", "-1"], "argument --max-pixels: invalid value -1 (must be an integer >= 784, one 28x28 block)"),
+    "max-pixels 100": (["--max-pixels", "100"], "argument --max-pixels: invalid value 100 (must be an integer >= 784, one 28x28 block)"),
+    "min-pixels 0": (["--min-pixels", "0"], "argument --min-pixels: invalid value 0 (must be an integer >= 784, one 28x28 block)"),
+    "total-pixels 1": (["--total-pixels", "1"], "argument --total-pixels: invalid value 1 (must be an integer >= 784, one 28x28 block)"),
+    "min above max": (["--min-pixels", "900000", "--max-pixels", "1000"], "--min-pixels 900000 is above --max-pixels 1000"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FLAGS)
+def test_bad_flags(case, model_dir, clip, tmp_path, capsys):
+    flags, message = BAD_FLAGS[case]
+    err = _bad(capsys, tmp_path, ["--video", clip, "--q", "x", "--model", model_dir, *SMALL, *flags])
+    assert err.startswith(f"vreason: error: {message[:-3]}") if message.endswith("...") else err == f"vreason: error: {message}"
