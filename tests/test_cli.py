@@ -6,9 +6,8 @@ import shutil
 import subprocess
 import sys
 
-import av
 import pytest
-from clips import write_audio_only, write_clip
+from clips import write_audio_only, write_clip, write_empty_video
 from conftest import ROOT
 
 import vreason as R
@@ -65,12 +64,8 @@ def _truncated(tmp_path, clip):
     return str(p)
 
 
-def _no_frames(tmp_path, clip):
-    p = str(tmp_path / "empty.mp4")
-    with av.open(p, "w") as c:
-        s = c.add_stream("mpeg4", rate=8)
-        s.width, s.height = 64, 48
-    return p
+def _no_frames(tmp_path, clip):  # (a muxer given no packet at all writes no file: an audio packet makes one)
+    return write_empty_video(str(tmp_path / "empty.mkv"))
 
 
 def _text_file(tmp_path, clip):
@@ -85,16 +80,6 @@ def _audio(tmp_path, clip):
     return p
 
 
-BAD_VIDEOS = {
-    "missing video": lambda tmp, clip: str(tmp / "nope.mp4"),
-    "not a video": _text_file,
-    "truncated video": _truncated,
-    "no decodable frames": _no_frames,
-    "audio only": _audio,
-    "directory": lambda tmp, clip: str(tmp),
-}
-
-
 def _bad(capsys, tmp_path, argv):
     out = tmp_path / "out.json"
     assert R.main([*argv, "--json", str(out)]) == 2
@@ -104,10 +89,40 @@ def _bad(capsys, tmp_path, argv):
     return err
 
 
+def _thin(tmp_path, clip):  # 600x20: under the SMALL pixel cap, shrinking rounds the short side down to 0
+    return write_clip(str(tmp_path / "thin.mp4"), n_frames=8, width=600, height=20, fps=4)
+
+
+BAD_VIDEOS = {  # name: (make the path, what the one line says)
+    "missing video": (lambda tmp, clip: str(tmp / "nope.mp4"), "video not found"),
+    "not a video": (_text_file, "cannot read video"),
+    "truncated video": (_truncated, "cannot read video"),
+    "no decodable frames": (_no_frames, "no decodable video frames"),
+    "audio only": (_audio, "no video stream"),
+    "directory": (lambda tmp, clip: str(tmp), "video path is a directory"),
+    "device": (lambda tmp, clip: "/dev/zero", "video is not a regular file: /dev/zero (a pipe or device; it is decoded twice: "
+                                              "save it to a file)"),
+    "frames shrunk to nothing": (_thin, "a limit of 12544 pixels per frame shrinks 600x20 frames to nothing (a side under 28 "
+                                        "pixels); raise --max-pixels / --total-pixels"),
+}
+
+
 @pytest.mark.parametrize("case", BAD_VIDEOS)
 def test_bad_video(case, model_dir, clip, tmp_path, capsys):
-    path = BAD_VIDEOS[case](tmp_path, clip)
-    _bad(capsys, tmp_path, ["--video", path, "--q", "x", "--model", model_dir, *SMALL])
+    make, words = BAD_VIDEOS[case]
+    err = _bad(capsys, tmp_path, ["--video", make(tmp_path, clip), "--q", "x", "--model", model_dir, *SMALL])
+    assert words in err, err
+
+
+def test_fifo_video_is_refused_not_read(model_dir, tmp_path):
+    """A FIFO with no writer would block the first open forever, and a stream cannot be decoded twice: refused at
+    once. In a subprocess with a timeout, so that a regression fails instead of hanging the suite."""
+    fifo = tmp_path / "stream.mp4"
+    os.mkfifo(fifo)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "vreason.py"), "--video", str(fifo), "--q", "x", "--model", model_dir],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr == (f"vreason: error: video is not a regular file: {fifo} (a pipe or device; it is "
+                                              f"decoded twice: save it to a file)\n"), r.stderr
 
 
 def test_too_few_frames(model_dir, clip, tmp_path, capsys):
