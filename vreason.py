@@ -255,6 +255,8 @@ def generate(model, prep, s, stop_ids, info=None):
                 sync(model)
                 step.opt_s = time.perf_counter() - t0
                 info["updates"] += 1
+            if not math.isfinite(step.entropy):  # stop rather than emit garbage and write NaN
+                raise M.ModelError(f"non-finite logits at generated token {t} (NaN/inf weights, float16 overflow, too large a --lr)")
             step.token = choose(logits, s, seen, gen)
             yield step
             if step.token in stop_ids or t == s.max_new_tokens - 1:

@@ -148,12 +148,22 @@ def _plain_tokenizer(d):
     Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>")).save(str(d / "tokenizer.json"))
 
 
+def _nan_weights(d):  # the final norm's weight NaN: every logit NaN, from the first token on
+    from safetensors.torch import load_file, save_file
+
+    shard = d / json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]["model.norm.weight"]
+    tensors = load_file(shard)
+    tensors["model.norm.weight"][0] = float("nan")
+    save_file(tensors, shard, metadata={"format": "pt"})
+
+
 BAD_MODELS = {
     "missing model dir": (lambda d: shutil.rmtree(d), "not found"),
     "missing shard": (lambda d: os.remove(d / "model-00002-of-00003.safetensors"), "shard"),
     "other model type": (lambda d: _set_config(d, model_type="qwen2_vl"), "model_type"),
     "tokenizer without vision tokens": (_plain_tokenizer, "video_pad"),
     "no tokenizer": (lambda d: os.remove(d / "tokenizer.json"), "tokenizer"),
+    "NaN weights": (_nan_weights, "non-finite logits at generated token 0 (NaN/inf weights, float16 overflow, too large a --lr)"),
 }
 
 
