@@ -185,7 +185,7 @@ def open_records(out, rank):
 
 def append(fd, rec):
     """One write() of a whole line, then fsync: a crash loses at most the record being written, never an earlier one."""
-    line = (json.dumps(rec, ensure_ascii=False) + "\n").encode()
+    line = (R.dumps(rec) + "\n").encode()
     if os.write(fd, line) != len(line):
         raise OSError("short write to the records file")
     os.fsync(fd)
@@ -357,9 +357,9 @@ def write_results(a, datasets):
     recs = read_records(a.out)
     keep = [recs[k] for _, items in datasets for it in items for k in ((it["dataset"], it["id"], m) for m in a.modes) if k in recs]
     summary = summarize(datasets, a.modes, recs)
-    for name, text in (("records.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep)),
-                       ("summary.json", json.dumps(summary, indent=1)), ("summary.md", table(summary))):
-        R.write_atomic(os.path.join(a.out, name), lambda tmp: Path(tmp).write_text(text))
+    for name, text in (("records.jsonl", "".join(R.dumps(r) + "\n" for r in keep)),
+                       ("summary.json", R.dumps(summary, indent=1)), ("summary.md", table(summary))):
+        R.write_atomic(os.path.join(a.out, name), text)
     print(table(summary), end="")
     return sum(len(items) for _, items in datasets) * len(a.modes) - len(keep)
 

@@ -1,10 +1,13 @@
 """The CLI end to end on a tiny checkpoint and synthetic clips, and every bad input: one line on stderr, exit 2,
 no traceback, no JSON file left behind."""
+import errno
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
+import threading
 
 import pytest
 from clips import write_audio_only, write_clip, write_empty_video
@@ -30,13 +33,22 @@ def clip(tmp_path_factory):
     return path
 
 
+def strict(text):  # json.loads that refuses NaN / Infinity, which Python's json writes and reads by default
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
 def test_cli_end_to_end(model_dir, clip, tmp_path):
-    """`python vreason.py ...` as a user runs it: streams text, prints stats, writes a complete JSON record."""
-    out = tmp_path / "run.json"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "vreason.py"), "--video", clip, "--q", "What happens?",
-                        "--model", model_dir, "--json", str(out), *SMALL], capture_output=True, text=True, timeout=300)
+    """`python vreason.py ...` as a user runs it: streams text, prints stats, writes a complete, strict JSON record.
+    stdout is redirected to a file and --trace names /dev/stdout: the trace joins that stream (the text then streams
+    to stderr) and the file is written through, never replaced."""
+    out, log = tmp_path / "run.json", tmp_path / "stdout.log"
+    with open(log, "w") as f:
+        inode = os.fstat(f.fileno()).st_ino
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "vreason.py"), "--video", clip, "--q", "What happens?",
+                            "--model", model_dir, "--json", str(out), "--trace", "/dev/stdout", *SMALL],
+                           stdout=f, stderr=subprocess.PIPE, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    rec = json.loads(out.read_text())
+    rec = strict(out.read_text())
     assert len(rec["token_ids"]) == len(rec["entropies"]) == 8
     assert all(e >= 0 for e in rec["entropies"])
     v = rec["video"]
@@ -46,15 +58,23 @@ def test_cli_end_to_end(model_dir, clip, tmp_path):
     for key in ("text", "model", "dtype", "device", "mode", "timings", "settings"):
         assert key in rec
     assert rec["settings"]["max_new_tokens"] == 8 and rec["settings"]["temperature"] == 0.0
-    assert rec["text"] in r.stdout  # streamed
-    assert "tok/s" in r.stdout and "peak memory" in r.stdout
+    assert rec["text"] in r.stderr  # streamed
+    assert "tok/s" in r.stderr and "peak memory" in r.stderr
+    assert os.stat(log).st_ino == inode and [strict(x)["token"] for x in log.read_text().splitlines()] == rec["token_ids"]
 
 
 def test_json_to_stdout_is_pure_json(model_dir, clip, capsys):
     assert R.main(["--video", clip, "--q", "Why?", "--model", model_dir, "--json", "-", *SMALL]) == 0
     out, err = capsys.readouterr()
-    rec = json.loads(out)
+    rec = strict(out)
     assert rec["text"] in err and rec["mode"] == "baseline"
+
+
+def test_trace_to_stdout(model_dir, clip, capsys):
+    assert R.main(["--video", clip, "--q", "Why?", "--model", model_dir, "--trace", "-", *SMALL]) == 0
+    out, err = capsys.readouterr()
+    steps = [strict(x) for x in out.splitlines()]
+    assert len(steps) == 8 and "".join(x["text"] for x in steps) in err
 
 
 def _truncated(tmp_path, clip):
@@ -224,3 +244,124 @@ def test_bad_flags(case, model_dir, clip, tmp_path, capsys):
     flags, message = BAD_FLAGS[case]
     err = _bad(capsys, tmp_path, ["--video", clip, "--q", "x", "--model", model_dir, *SMALL, *flags])
     assert err.startswith(f"vreason: error: {message[:-3]}") if message.endswith("...") else err == f"vreason: error: {message}"
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def _read_only_dir(tmp_path):  # a directory we cannot create files in; root ignores mode bits, so /sys there
+    d = tmp_path / "ro"
+    d.mkdir(mode=0o555, exist_ok=True)
+    return str(d) if not os.access(d, os.W_OK) else "/sys"
+
+
+BAD_OUTPUTS = {  # name: tmp_path, clip -> (output flags, the exact message, "..." ending a prefix); refused before the run
+    "no such directory": lambda t, c: (["--trace", f"{t}/no/t.jsonl"], f"output directory does not exist: {t}/no"),
+    "onto a directory": lambda t, c: (["--json", str(t)], f"--json {t} is a directory"),
+    "read-only directory": lambda t, c: (["--plot", f"{_read_only_dir(t)}/p.png"],
+                                         f"cannot write --plot {_read_only_dir(t)}/p.png: ..."),
+    "empty path": lambda t, c: (["--plot", ""], "argument --plot: empty path"),
+    "two outputs, one file": lambda t, c: (["--json", f"{t}/r", "--trace", f"{t}/r"],
+                                           f"--trace and --json name the same file ({t}/r)"),
+    "two outputs on stdout": lambda t, c: (["--json", "-", "--trace", "-"], "--trace and --json name the same file (stdout)"),
+    "onto the video": lambda t, c: (["--json", c], f"--json and --video name the same file ({c})"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_OUTPUTS)
+def test_bad_output(case, model_dir, clip, tmp_path, capsys):
+    t = tmp_path.resolve()
+    flags, message = BAD_OUTPUTS[case](t, os.path.realpath(clip))
+    before = sorted(os.listdir(t))
+    assert R.main(["--video", clip, "--q", "x", "--model", model_dir, *SMALL, *flags]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"vreason: error: {message[:-3]}") if message.endswith("...") else err == f"vreason: error: {message}\n"
+    assert sorted(os.listdir(t)) == before  # no file, no temp file
+    assert os.path.getsize(clip) > 0
+
+
+def _char_device(tmp_path, name, minor):
+    """A character device node of our own as root (a regression must not replace the system's /dev/null), else the
+    system's, which a non-root process cannot replace anyway."""
+    if os.geteuid():
+        return f"/dev/{name}"
+    p = tmp_path / name
+    os.mknod(p, stat.S_IFCHR | 0o666, os.makedev(1, minor))
+    return str(p)
+
+
+def _main_or_hang(argv, unblock, timeout=60):
+    """R.main(argv) in a thread; if it hangs (a FIFO opened blocking), unblock() it and fail rather than hang."""
+    result = []
+    t = threading.Thread(target=lambda: result.append(R.main(argv)), daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        unblock()
+        t.join(timeout)
+        pytest.fail("the CLI blocked")
+    return result[0]
+
+
+def test_write_failures_keep_the_result(model_dir, clip, tmp_path, capsys, monkeypatch):
+    """A write that fails after the run (a full disk: /dev/full and a regular file; a FIFO nobody reads) is one line
+    on stderr and exit 2, the output is not left half-written, and what it held is printed on stdout instead."""
+    run = ["--video", clip, "--q", "x", "--model", model_dir, *SMALL, "--quiet"]
+
+    def failed(*flags, main=R.main):
+        assert main([*run, *flags]) == 2
+        out, err = capsys.readouterr()
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        return out, err.strip()
+
+    full = _char_device(tmp_path, "full", 7)
+    out, err = failed("--json", full)
+    assert err == f"vreason: error: cannot write --json {full} (No space left on device); the record follows on stdout"
+    assert len(strict(out)["token_ids"]) == 8 and stat.S_ISCHR(os.stat(full).st_mode)
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    out, err = failed("--trace", str(fifo), main=lambda argv: _main_or_hang(argv, lambda: open(fifo, "rb").close()))
+    assert err == f"vreason: error: cannot write --trace {fifo} (nobody is reading this FIFO); the trace follows on stdout"
+    assert len([strict(x) for x in out.splitlines()]) == 8 and stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+    rec = tmp_path / "r.json"
+    out, err = failed("--json", str(rec), "--plot", full)
+    assert err == f"vreason: error: cannot write --plot {full} (No space left on device); its data is in --json {rec}"
+    assert out == "" and len(strict(rec.read_text())["token_ids"]) == 8
+
+    rec.unlink()  # a regular file on a full disk, simulated: fsync failing with ENOSPC. Full before the run: refused
+    fsyncs = []
+
+    def fsync(fd):
+        fsyncs.append(fd)
+        if len(fsyncs) > allowed:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(R.os, "fsync", fsync)
+    allowed = 0
+    out, err = failed("--json", str(rec))
+    assert err == f"vreason: error: cannot write --json {rec}: No space left on device" and out == "" and fsyncs
+    allowed, fsyncs[:] = 1, []  # full by the time the record is written: the record goes to stdout
+    out, err = failed("--json", str(rec))
+    assert err == f"vreason: error: cannot write --json {rec} (No space left on device); the record follows on stdout"
+    assert len(strict(out)["token_ids"]) == 8
+    assert sorted(os.listdir(tmp_path)) == (["fifo", "full"] if os.geteuid() == 0 else ["fifo"])  # no r.json, no temp file
+
+
+def test_special_targets_are_written_in_place(model_dir, clip, tmp_path, capsys):
+    """A device node or a FIFO is written into, never renamed over; a symlink is kept and its target replaced."""
+    null, fifo, target, link = _char_device(tmp_path, "null", 3), tmp_path / "fifo", tmp_path / "t.jsonl", tmp_path / "link"
+    os.mkfifo(fifo)
+    target.write_text("old")
+    link.symlink_to(target)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()), daemon=True)
+    reader.start()
+    argv = ["--video", clip, "--q", "x", "--model", model_dir, *SMALL, "--quiet", "--json", null, "--trace", str(fifo),
+            "--plot", str(link)]
+    assert _main_or_hang(argv, lambda: None) == 0
+    reader.join(60)
+    assert len([strict(x) for x in got[0].decode().splitlines()]) == 8
+    assert stat.S_ISCHR(os.stat(null).st_mode) and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert link.is_symlink() and target.read_bytes()[:4] == b"\x89PNG"
