@@ -8,10 +8,12 @@ samples across processes with torchrun.
 Takes every decoding / V-Reason / video / runtime flag of vreason.py (vreason.add_args).
 """
 import datetime
+import fcntl
 import glob
 import json
 import os
 import re
+import socket
 import sys
 import time
 from dataclasses import asdict, fields
@@ -117,8 +119,11 @@ def problem(x):  # what is wrong with one dataset entry, or None
             return f"'{k}' is missing or not a string"
     if x.get("problem_type") not in SUFFIX:
         return f"problem_type {x.get('problem_type')!r} is not one of {', '.join(SUFFIX)}"
-    if not isinstance(x.get("path", x.get("video")), str):
+    path = x.get("path", x.get("video"))
+    if not isinstance(path, str):
         return "no video path ('path' or 'video')"
+    if os.path.isabs(path) or os.path.normpath(path).split(os.sep)[0] == "..":  # a dataset file must not choose what we read
+        return f"video path {path!r} is absolute or climbs out of --video-root"
     if x["problem_type"] == "multiple choice" and not (isinstance(x.get("options"), list) and all(isinstance(o, str) for o in x["options"])):
         return "a multiple-choice entry needs 'options', a list of strings"
 
@@ -333,6 +338,37 @@ def check_resume(recs, conf, out):
                                f"use another --out, or the same settings to resume")
 
 
+class OutputError(Exception):  # a write into --out failed mid-run or at the end; str() is one line that says what is kept
+    pass
+
+
+def open_out(out, lock):
+    """--out: a directory we can write, created if need be; with lock=True (rank 0) held for the whole run, so that a
+    second run on it stops, naming this one. flock dies with its process: a crashed or killed run's lock is simply
+    taken over. eval.lock stays behind, naming the last run that held it. Returns the lock's fd (or None)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise R.UsageError(f"--out {out} is not a directory")
+    try:
+        os.makedirs(out, exist_ok=True)
+        if not lock:
+            return None
+        fd = os.open(os.path.join(out, "eval.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise R.UsageError(f"cannot write in --out {out}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, 0)
+        who = f"eval.py pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+        os.pwrite(fd, who.encode(), 0)  # (and a write probe: a full disk fails here, not after the first sample)
+        return fd
+    except OSError as e:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another eval.py run"
+        os.close(fd)
+        if isinstance(e, BlockingIOError):
+            raise R.UsageError(f"--out {out} is in use by {holder}: wait for it to end, or use another --out") from None
+        raise R.UsageError(f"cannot write in --out {out}: {e.strerror}") from None
+
+
 def run_shard(a, mine, conf, dev, dtype, device_map, rank):
     model_dir = R.resolve_model(a.model)
     tok = V.load_tokenizer(model_dir)
@@ -343,7 +379,11 @@ def run_shard(a, mine, conf, dev, dtype, device_map, rank):
         for it, modes in mine:
             errors = []
             for rec in run_sample(model, tok, a, it, modes, conf, dev, stop_ids):
-                append(fd, rec)
+                try:
+                    append(fd, rec)
+                except OSError as e:
+                    raise OutputError(f"cannot append to {a.out}/records.rank{rank}.jsonl ({e.strerror}); the records "
+                                      f"before it are kept: rerun the same command to resume") from None
                 errors += [rec["error"]] if rec["error"] and rec["error"] not in errors else []
             for e in errors:
                 note(f"eval: {it['dataset']}/{it['id']}: {e}")
@@ -357,10 +397,14 @@ def write_results(a, datasets):
     recs = read_records(a.out)
     keep = [recs[k] for _, items in datasets for it in items for k in ((it["dataset"], it["id"], m) for m in a.modes) if k in recs]
     summary = summarize(datasets, a.modes, recs)
+    print(table(summary), end="")
     for name, text in (("records.jsonl", "".join(R.dumps(r) + "\n" for r in keep)),
                        ("summary.json", R.dumps(summary, indent=1)), ("summary.md", table(summary))):
-        R.write_atomic(os.path.join(a.out, name), text)
-    print(table(summary), end="")
+        try:
+            R.write_atomic(os.path.join(a.out, name), text)
+        except OSError as e:
+            raise OutputError(f"cannot write {a.out}/{name} ({e.strerror}); the records are kept in "
+                              f"records.rank*.jsonl: rerun the same command to write it") from None
     return sum(len(items) for _, items in datasets) * len(a.modes) - len(keep)
 
 
@@ -374,7 +418,15 @@ def run(a):
             it["dataset"] = n
     dev, dtype = M.pick_device_dtype(a.device, a.dtype)
     conf = {m: settings(a, m, dtype) for m in a.modes}
-    os.makedirs(a.out, exist_ok=True)
+    lock = open_out(a.out, lock=rank == 0)
+    try:
+        return run_locked(a, datasets, conf, dev, dtype, rank, world)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def run_locked(a, datasets, conf, dev, dtype, rank, world):
     recs = read_records(a.out)
     check_resume(recs, conf, a.out)
     # The work list: every (entry, mode) not recorded yet, from all ranks' files (of this or any earlier run), grouped by
@@ -410,7 +462,7 @@ def run(a):
 def main(argv=None):
     try:
         return run(parse_args(argv))
-    except (R.UsageError, DataError, V.VideoError, M.ModelError) as e:
+    except (R.UsageError, DataError, OutputError, V.VideoError, M.ModelError) as e:
         print(f"eval: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
