@@ -3,6 +3,7 @@ no traceback, no JSON file left behind."""
 import errno
 import json
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -61,6 +62,19 @@ def test_cli_end_to_end(model_dir, clip, tmp_path):
     assert rec["text"] in r.stderr  # streamed
     assert "tok/s" in r.stderr and "peak memory" in r.stderr
     assert os.stat(log).st_ino == inode and [strict(x)["token"] for x in log.read_text().splitlines()] == rec["token_ids"]
+
+
+def test_readme_first_command(model_dir, tmp_path, capsys, monkeypatch):
+    """The README's first command runs as written, from the repository root, on the clip the repository ships
+    (assets/clip.mp4, made by assets/make_clip.py), with the tiny checkpoint in place of the 7B one and 4 tokens."""
+    line = next(x for x in open(os.path.join(ROOT, "README.md")) if x.lstrip().startswith("python vreason.py --video"))
+    argv = shlex.split(line.split("python vreason.py", 1)[1])
+    argv[argv.index("--model") + 1] = model_dir
+    monkeypatch.chdir(ROOT)
+    assert R.main([*argv, "--max-new-tokens", "4", "--json", str(tmp_path / "r.json")]) == 0
+    rec = strict((tmp_path / "r.json").read_text())
+    assert rec["video"]["path"] == "assets/clip.mp4" and rec["video"]["frames_decoded"] == 100 and len(rec["token_ids"]) == 4
+    assert rec["question"] == "What happens after the ball is thrown?" and os.path.getsize("assets/clip.mp4") <= 500_000
 
 
 def test_json_to_stdout_is_pure_json(model_dir, clip, capsys):
