@@ -444,8 +444,7 @@ def main(argv=None):
         rows += targets(name, report["shapes"][name])
         report["targets"] = [dict(zip(("shape", "measure", "ours", "reference", "ratio", "target", "pass"), r)) for r in rows]
         report["runtime_s"] = time.perf_counter() - t0
-        with open(a.json, "w") as f:  # after every shape: a long run that dies late keeps what it measured
-            json.dump(report, f, indent=1)
+        R.write_atomic(a.json, R.dumps(report, indent=1))  # after every shape: a run that dies late keeps what it measured
     print(f"\n{'shape':<10} {'measure':<62} {'ours':>8} {'ref':>8} {'ratio':>6}  {'target':<16} result")
     for shape, what, ours, ref, ratio, target, ok in rows:
         result = "" if ok is None else "PASS" if ok else "MISS"

@@ -9,11 +9,14 @@ samples across processes with torchrun.
 Takes every decoding / V-Reason / video / runtime flag of vreason.py (vreason.add_args).
 """
 import datetime
+import fcntl
 import glob
+import io
 import json
 import math
 import os
 import re
+import socket
 import sys
 import time
 import zlib
@@ -130,6 +133,10 @@ class DataError(ValueError):
     pass
 
 
+class OutputError(Exception):  # a write into --out failed mid-run or at the end; str() is one line that says what is kept
+    pass
+
+
 def problem(x):  # what is wrong with one dataset entry, or None
     if not isinstance(x, dict):
         return "not a JSON object"
@@ -138,8 +145,11 @@ def problem(x):  # what is wrong with one dataset entry, or None
             return f"'{k}' is missing or not a string"
     if x.get("problem_type") not in SUFFIX:
         return f"problem_type {x.get('problem_type')!r} is not one of {', '.join(SUFFIX)}"
-    if not isinstance(x.get("path", x.get("video")), str):
+    path = x.get("path", x.get("video"))
+    if not isinstance(path, str):
         return "no video path ('path' or 'video')"
+    if os.path.isabs(path) or os.path.normpath(path).split(os.sep)[0] == "..":  # a dataset file must not choose what we read
+        return f"video path {path!r} is absolute or climbs out of --video-root"
     if x["problem_type"] == "multiple choice" and not (isinstance(x.get("options"), list) and all(isinstance(o, str) for o in x["options"])):
         return "a multiple-choice entry needs 'options', a list of strings"
     if not R.extract_answer(x["solution"]):  # Video-R1 would score every prediction against "" here
@@ -212,7 +222,7 @@ def open_records(out, rank):
 
 def append(fd, rec):
     """One write() of a whole line, then fsync: a crash loses at most the record being written, never an earlier one."""
-    line = (json.dumps(rec, ensure_ascii=False) + "\n").encode()
+    line = (R.dumps(rec) + "\n").encode()
     if os.write(fd, line) != len(line):
         raise OSError("short write to the records file")
     os.fsync(fd)
@@ -490,10 +500,18 @@ def write_summary(out, datasets, modes, recs, figures=None, untraced=0):
         for scope, figs in figures:
             md += f"\n\n### {scope}\n\n" + "\n\n".join(f"![{cap}]({path})" for cap, path in figs)
         md += "\n"
-    for name, text in (("summary.json", json.dumps(summary, indent=1)), ("summary.md", md)):
-        R.write_atomic(os.path.join(out, name), lambda tmp: Path(tmp).write_text(text))
-    print(body, end="")
+    print(body, end="")  # first: a write that fails below loses no table
+    for name, text in (("summary.json", R.dumps(summary, indent=1)), ("summary.md", md)):
+        write_out(out, name, text)
     return summary
+
+
+def write_out(out, name, data):  # a file made from the records: if it cannot be written, they are still there
+    try:
+        R.write_atomic(os.path.join(out, name), data)
+    except OSError as e:
+        raise OutputError(f"cannot write {out}/{name} ({e.strerror}); the records are kept in records.rank*.jsonl: "
+                          f"rerun the same command to write it") from None
 
 
 # ----------------------------------------------------------------------------- --report: figures from the records
@@ -626,7 +644,9 @@ def draw_figures(out, datasets, modes, recs, plt):
                 ax.grid(alpha=0.3)
             fig.tight_layout()
             path = os.path.join("figures", f"{kind}{suffix}.png")
-            R.write_atomic(os.path.join(out, path), lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+            png = io.BytesIO()
+            fig.savefig(png, format="png", dpi=110)
+            write_out(out, path, png.getvalue())
             plt.close(fig)
             figs.append((caption, path))
             bar(path)
@@ -701,6 +721,33 @@ def check_resume(recs, conf, out):
                                f"use another --out, or the same settings to resume")
 
 
+def open_out(out, lock):
+    """--out: a directory we can write, created if need be; with lock=True (rank 0) held for the whole run, so that a
+    second run on it stops, naming this one. flock dies with its process: a crashed or killed run's lock is simply
+    taken over. eval.lock stays behind, naming the last run that held it. Returns the lock's fd (or None)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise R.UsageError(f"--out {out} is not a directory")
+    try:
+        os.makedirs(out, exist_ok=True)
+        if not lock:
+            return None
+        fd = os.open(os.path.join(out, "eval.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise R.UsageError(f"cannot write in --out {out}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, 0)
+        who = f"eval.py pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+        os.pwrite(fd, who.encode(), 0)  # (and a write probe: a full disk fails here, not after the first sample)
+        return fd
+    except OSError as e:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another eval.py run"
+        os.close(fd)
+        if isinstance(e, BlockingIOError):
+            raise R.UsageError(f"--out {out} is in use by {holder}: wait for it to end, or use another --out") from None
+        raise R.UsageError(f"cannot write in --out {out}: {e.strerror}") from None
+
+
 def run_shard(a, model_dir, mine, conf, dev, dtype, device_map, rank):
     tok = V.load_tokenizer(model_dir)
     model = M.load_model(model_dir, dev, dtype, device_map)
@@ -710,7 +757,11 @@ def run_shard(a, model_dir, mine, conf, dev, dtype, device_map, rank):
         for it, modes in mine:
             errors = []
             for rec in run_sample(model, tok, a, it, modes, conf, dev, stop_ids):
-                append(fd, rec)
+                try:
+                    append(fd, rec)
+                except OSError as e:
+                    raise OutputError(f"cannot append to {a.out}/records.rank{rank}.jsonl ({e.strerror}); the records "
+                                      f"before it are kept: rerun the same command to resume") from None
                 errors += [rec["error"]] if rec["error"] and rec["error"] not in errors else []
             for e in errors:
                 note(f"eval: {it['dataset']}/{it['id']}: {e}")
@@ -723,8 +774,7 @@ def write_results(a, datasets):
     """Merge every rank's records (in dataset order) and write the summary; returns how many runs are still missing."""
     recs = read_records(a.out)
     keep = [recs[k] for _, items in datasets for it in items for k in ((it["dataset"], it["id"], m) for m in a.modes) if k in recs]
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep)
-    R.write_atomic(os.path.join(a.out, "records.jsonl"), lambda tmp: Path(tmp).write_text(text))
+    write_out(a.out, "records.jsonl", "".join(R.dumps(r) + "\n" for r in keep))
     write_summary(a.out, datasets, a.modes, recs)
     print(f"eval: figures: python eval.py --report {a.out}", file=sys.stderr)
     return sum(len(items) for _, items in datasets) * len(a.modes) - len(keep)
@@ -739,11 +789,19 @@ def run(a):
         for it in items:
             it["dataset"] = n
     dev, dtype = M.pick_device_dtype(a.device, a.dtype)
-    model_dir = R.resolve_model(a.model)
-    if a.max_pixels is None:  # Video-R1's 128*28*28 for Qwen2.5-VL: 128 tokens a frame, which is 128*32*32 for Qwen3-VL
-        a.max_pixels = 128 * V.get_family(M.model_type(model_dir)).factor ** 2
-    conf = {m: settings(a, m, dtype) for m in a.modes}
-    os.makedirs(a.out, exist_ok=True)
+    lock = open_out(a.out, lock=rank == 0)  # before the model: a bad --out fails before any download
+    try:
+        model_dir = R.resolve_model(a.model)
+        if a.max_pixels is None:  # Video-R1's 128*28*28 for Qwen2.5-VL: 128 tokens a frame, 128*32*32 for Qwen3-VL
+            a.max_pixels = 128 * V.get_family(M.model_type(model_dir)).factor ** 2
+        conf = {m: settings(a, m, dtype) for m in a.modes}
+        return run_locked(a, model_dir, datasets, conf, dev, dtype, rank, world)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def run_locked(a, model_dir, datasets, conf, dev, dtype, rank, world):
     recs = read_records(a.out)
     check_resume(recs, conf, a.out)
     if rank == 0 and (old := sum(not r["error"] and "trace" not in r for r in recs.values())):
@@ -792,7 +850,7 @@ def main(argv=None):
         if any(x == "--report" or x.startswith("--report=") for x in argv):
             return report(parse_report_args(argv))
         return run(parse_args(argv))
-    except (R.UsageError, DataError, V.VideoError, M.ModelError) as e:
+    except (R.UsageError, DataError, OutputError, V.VideoError, M.ModelError) as e:
         print(f"eval: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

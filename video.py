@@ -144,6 +144,9 @@ def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int 
         beta = math.sqrt(min_pixels / (height * width))
         hb = math.ceil(height * beta / factor) * factor
         wb = math.ceil(width * beta / factor) * factor
+    if not hb or not wb:  # shrinking rounds down: a cap this small, for this aspect ratio, leaves a side no pixels
+        raise VideoError(f"a limit of {max_pixels:.0f} pixels per frame shrinks {width}x{height} frames to nothing "
+                         f"(a side under {factor} pixels); raise --max-pixels / --total-pixels")
     return hb, wb
 
 
@@ -250,6 +253,8 @@ def load_video(path, family="qwen2_5_vl", fps: float | None = None, nframes: int
         raise VideoError(f"video not found: {path}")
     if os.path.isdir(path):
         raise VideoError(f"video path is a directory: {path}")
+    if not os.path.isfile(path):  # a FIFO or /dev/stdin would hang or come back empty on the second pass
+        raise VideoError(f"video is not a regular file: {path} (a pipe or device; it is decoded twice: save it to a file)")
 
     # Pass 1: count decoded frames (torchvision's `total`) and collect frame sizes, converting nothing.
     sizes = set()

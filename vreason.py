@@ -7,6 +7,8 @@ prefill, decode steps) -> here. The method reaches a model only through the cont
 Qwen2.5-VL and Qwen3-VL (and a port of yours, PORTING.md) run it unchanged.
 """
 import argparse
+import errno
+import io
 import json
 import math
 import os
@@ -15,7 +17,6 @@ import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
 
 import torch
 
@@ -264,6 +265,8 @@ def generate(model, prep, s, stop_ids, info=None):
             # the one device -> host read of a plain step: the token (to stream it and to stop) and its entropy
             token_f, step.entropy = torch.stack([token[0].double(), H.double()]).tolist()
             step.token = int(token_f)  # (ids < 2**53 are exact in float64)
+            if not math.isfinite(step.entropy):  # stop rather than emit garbage and write NaN
+                raise M.ModelError(f"non-finite logits at generated token {t} (NaN/inf weights, float16 overflow, too large a --lr)")
             if not step.updated:
                 switch(step.entropy)
             step.alpha, step.ema, step.peak = switch.alpha, switch.ema, switch.peak
@@ -387,14 +390,38 @@ def add_args(p):
                    help="auto: split the decoder layers over all visible GPUs (32B / 72B)")
 
 
+# Qwen-VL checkpoints are trained for 128000 (Qwen2.5-VL) or 262144 (Qwen3-VL) positions: no answer can be longer.
+MAX_NEW_TOKENS = 262144
+# --temperature and --repetition-penalty divide logits: below this, sampling is argmax in all but name, and the
+# quotient can overflow float32 (inf, then NaN probabilities).
+MIN_DIVISOR = 1e-6
+
+
 def check_args(a):
-    for name, ok in (("--max-new-tokens", a.max_new_tokens >= 1), ("--temperature", a.temperature >= 0),
-                     ("--top-p", 0 < a.top_p <= 1), ("--fps", a.fps > 0), ("--repetition-penalty", a.repetition_penalty > 0),
-                     ("--nframes", a.nframes is None or a.nframes >= 2), ("--max-frames", a.max_frames >= 2),
-                     ("--beta", 0 <= a.beta < 1), ("--update-every", a.update_every >= 1), ("--steps", a.steps >= 0),
-                     ("--lr", a.lr >= 0), ("--prune-ratio", a.prune_ratio is None or 0 <= a.prune_ratio < 1)):
+    """Every decoding / V-Reason / video flag, before anything is read or loaded. Each rule states what is allowed:
+    comparisons with NaN are false, so NaN fails every rule, and `< inf` keeps out the infinities that argparse's
+    float() accepts ("inf", 1e999)."""
+    inf, block, tiny = math.inf, V.FACTOR**2, MIN_DIVISOR
+    rules = [("--max-new-tokens", 1 <= a.max_new_tokens <= MAX_NEW_TOKENS, f"an integer from 1 to {MAX_NEW_TOKENS}"),
+             ("--temperature", a.temperature == 0 or tiny <= a.temperature < inf, f"0 (greedy) or a finite number >= {tiny}"),
+             ("--top-p", 0 < a.top_p <= 1, "a number in (0, 1]"),
+             ("--repetition-penalty", tiny <= a.repetition_penalty < inf, f"a finite number >= {tiny}"),
+             ("--seed", 0 <= a.seed < 2**64, "an integer from 0 to 2**64-1"),
+             ("--beta", 0 <= a.beta < 1, "a number in [0, 1)"),
+             ("--update-every", a.update_every >= 1, "an integer >= 1"),
+             ("--steps", a.steps >= 0, "an integer >= 0"),
+             ("--lr", 0 <= a.lr < inf, "a finite number >= 0"),
+             ("--prune-ratio", a.prune_ratio is None or 0 <= a.prune_ratio < 1, "a number in [0, 1)"),
+             ("--fps", 0 < a.fps < inf, "a finite number > 0"),
+             ("--nframes", a.nframes is None or a.nframes >= 2, "an integer >= 2"),
+             ("--max-frames", a.max_frames >= 2, "an integer >= 2")]
+    rules += [(f"--{k}-pixels", v is None or v >= block, f"an integer >= {block}, one {V.FACTOR}x{V.FACTOR} block")
+              for k, v in (("min", a.min_pixels), ("max", a.max_pixels), ("total", a.total_pixels))]
+    for flag, ok, want in rules:
         if not ok:
-            raise UsageError(f"argument {name}: invalid value {getattr(a, name[2:].replace('-', '_'))}")
+            raise UsageError(f"argument {flag}: invalid value {getattr(a, flag[2:].replace('-', '_'))} (must be {want})")
+    if a.min_pixels is not None and a.max_pixels is not None and a.min_pixels > a.max_pixels:
+        raise UsageError(f"--min-pixels {a.min_pixels} is above --max-pixels {a.max_pixels}")
 
 
 def parse_args(argv):
@@ -405,8 +432,8 @@ def parse_args(argv):
                    help="lite = value-norm pruning of the video KV cache + the controller")
     p.add_argument("--compare", action="store_true", help="also run the baseline on the same prepared input, side by side")
     add_args(p)
-    g = p.add_argument_group("output")
-    g.add_argument("--json", default=None, metavar="PATH", help="write the run record as JSON ('-' = stdout)")
+    g = p.add_argument_group("output ('-' = stdout; the streamed text then goes to stderr)")
+    g.add_argument("--json", default=None, metavar="PATH", help="write the run record as JSON")
     g.add_argument("--trace", default=None, metavar="PATH.jsonl", help="one JSON line per generated token")
     g.add_argument("--plot", default=None, metavar="PATH.png", help="entropy and its EMA per token, alpha shaded")
     g.add_argument("--quiet", action="store_true", help="no streaming text and stats")
@@ -414,21 +441,110 @@ def parse_args(argv):
     check_args(a)
     if a.compare and a.mode == "baseline":
         raise UsageError("--compare runs the baseline next to --mode vreason or lite; pick one of those")
-    for path in (a.json, a.trace, a.plot):
-        if path and path != "-" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise UsageError(f"output directory does not exist: {os.path.dirname(os.path.abspath(path))}")
+    check_outputs(a)
     return a
 
 
-def write_atomic(path, write):
-    """write(tmp) to a temp file beside the target, then rename: an interrupted run never leaves half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
+OUTPUTS = ("json", "trace", "plot")
+
+
+def std_stream(path):
+    """"stdout" or "stderr" if `path` names one of ours: '-', /dev/stdout, /proc/self/fd/2, or the very file stdout is
+    redirected to (written as a file of its own, that file would be replaced under the stream); else None."""
+    if path == "-":
+        return "stdout"
+    for name in ("stdout", "stderr"):
+        try:
+            if path and os.path.samestat(os.stat(path), os.fstat(getattr(sys, name).fileno())):
+                return name
+        except (OSError, ValueError):  # no such path yet, or a stream without a file descriptor
+            pass
+    return None
+
+
+def in_place(path):  # exists and is not a regular file (a FIFO, /dev/null, a terminal): written into, never replaced
+    return os.path.exists(path) and not os.path.isfile(path)
+
+
+def check_outputs(a):
+    """Before the run, each output path can be written and no two of them (nor an output and --video) are the same
+    file: found out after an hour of decoding, either would cost the result."""
+    seen = {os.path.realpath(a.video): "--video"}
+    for k in OUTPUTS:
+        flag, path = f"--{k}", getattr(a, k)
+        if path is None:
+            continue
+        if not path:
+            raise UsageError(f"argument {flag}: empty path")
+        key = std_stream(path) or os.path.realpath(path)
+        if key in seen:
+            raise UsageError(f"{flag} and {seen[key]} name the same file ({key})")
+        seen[key] = flag
+        if std_stream(path):
+            continue
+        if os.path.isdir(path):
+            raise UsageError(f"{flag} {path} is a directory")
+        if in_place(path):
+            if not os.access(path, os.W_OK):
+                raise UsageError(f"cannot write {flag} {path}: Permission denied")
+            continue
+        real = os.path.realpath(path)  # (through a symlink: its target is what gets replaced)
+        if not os.path.isdir(os.path.dirname(real)):
+            raise UsageError(f"output directory does not exist: {os.path.dirname(real)}")
+        try:  # the temp file write_atomic will use, with a byte: a read-only, forbidden or full place fails now
+            via_temp(real, b"\0", lambda tmp: None)
+        except OSError as e:
+            raise UsageError(f"cannot write {flag} {path}: {e.strerror}") from None
+
+
+def via_temp(real, data, then):
+    """data into a temp file beside `real`, synced to disk, then then(tmp) (the rename); the temp file never stays."""
+    tmp = f"{real}.tmp{os.getpid()}"
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        then(tmp)
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.remove(tmp)
+
+
+def open_in_place(path, flags):  # an open() opener: O_NONBLOCK makes a FIFO nobody reads fail (ENXIO), never block
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise OSError(e.errno, "nobody is reading this FIFO" if e.errno == errno.ENXIO else e.strerror) from None
+    os.set_blocking(fd, True)
+    return fd
+
+
+def write_atomic(path, data):
+    """Write data (str or bytes) to an output path. Our stdout / stderr (see std_stream) are written as streams;
+    anything else that is not a regular file in place, as renaming over a device node or FIFO would replace it with
+    a file; a regular file, new or not, atomically: a temp file beside it, synced, then renamed over it, so an
+    interrupted or failed write never leaves half a file. A symlink is kept and its target replaced."""
+    data = data.encode() if isinstance(data, str) else data
+    if std_stream(path):
+        write_stream(std_stream(path), data)
+    elif in_place(path):
+        with open(path, "wb", opener=open_in_place) as f:
+            f.write(data)
+    else:
+        real = os.path.realpath(path)
+        via_temp(real, data, lambda tmp: os.replace(tmp, real))
+
+
+def write_stream(name, data):  # "stdout" or "stderr": after the text already written to it, bytes and all
+    stream = getattr(sys, name)
+    stream.flush()
+    stream.buffer.write(data.encode() if isinstance(data, str) else data)
+    stream.flush()
+
+
+def dumps(x, **kw):  # every JSON we write is strict: NaN or Infinity is an error here, never a bare NaN in a file
+    return json.dumps(x, ensure_ascii=False, allow_nan=False, **kw)
 
 
 class Streamer:
@@ -517,9 +633,9 @@ def compare_table(runs):
     return "\n".join(lines)
 
 
-def plot(path, runs):
-    """Entropy (thin) and its EMA (thick) per token, like the paper's Fig. 1-2; the last run's alpha is shaded
-    (red: +1, explore; blue: -1, exploit)."""
+def plot(runs):
+    """PNG bytes: entropy (thin) and its EMA (thick) per token, like the paper's Fig. 1-2; the last run's alpha is
+    shaded (red: +1, explore; blue: -1, exploit)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -538,12 +654,15 @@ def plot(path, runs):
     ax.set(xlabel="generated token", ylabel="entropy (nats)", title=f"{runs[-1].mode}: alpha +1 red, -1 blue")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
+    return buf.getvalue()
 
 
 def run(a):
-    out = None if a.quiet else sys.stderr if a.json == "-" else sys.stdout
+    to_stdout = any(std_stream(getattr(a, k)) == "stdout" for k in OUTPUTS)
+    out = None if a.quiet else sys.stderr if to_stdout else sys.stdout
     say = (lambda *x: print(*x, file=out, flush=True)) if out else (lambda *x: None)
     dev, dtype = M.pick_device_dtype(a.device, a.dtype)
     model_dir = resolve_model(a.model)
@@ -576,31 +695,47 @@ def run(a):
     if a.compare:
         say(compare_table(runs))
     main_run = runs[-1]
-    if a.trace:
-        lines = [json.dumps({"i": i, "token": st.token, "text": piece, "entropy": st.entropy, "ema": st.ema, "peak": st.peak,
-                             "alpha": st.alpha, "updated": st.updated, "loss": st.loss}, ensure_ascii=False)
-                 for i, (st, piece) in enumerate(zip(main_run.steps, main_run.pieces))]
-        write_atomic(a.trace, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
-    if a.plot:
+    record = {**run_record(main_run), "mode": main_run.mode, "prompt_tokens": len(prep.ids),
+              "video_tokens": video.n_tokens, "video": vm, "question": a.q, "model": a.model, "model_dir": model_dir,
+              "family": family, "thinking": model.thinking, "dtype": str(dtype).replace("torch.", ""), "device": str(dev),
+              "settings": {**{k: v for k, v in vars(a).items() if k not in ("json", "quiet")}, **asdict(s)},
+              "timings": {"video_s": t_video, "load_s": t_load, "vision_s": prep.vision_s, **main_run.timings}}
+    if a.compare:
+        record["baseline"] = run_record(runs[0])
+    return save_outputs(a, record, runs)
+
+
+def save_outputs(a, record, runs):
+    """Write --json / --trace / --plot. A write that fails (disk full, a FIFO nobody reads) is reported, and what it
+    held goes to stdout (stderr if it was stdout): the run's result is never lost. Returns the exit status."""
+    r = runs[-1]
+    content = {"json": lambda: dumps(record, indent=1) + "\n",
+               "trace": lambda: "".join(dumps({"i": i, "token": st.token, "text": piece, "entropy": st.entropy, "ema": st.ema,
+                                               "peak": st.peak, "alpha": st.alpha, "updated": st.updated, "loss": st.loss}) + "\n"
+                                        for i, (st, piece) in enumerate(zip(r.steps, r.pieces))),
+               "plot": lambda: plot(runs)}
+    failed = {}
+    for k in OUTPUTS:
+        path = getattr(a, k)
         try:
-            plot(a.plot, runs)
-        except ImportError:
+            if path is not None:
+                write_atomic(path, content[k]())
+        except ImportError:  # only the plot: matplotlib is optional
             print("vreason: --plot needs matplotlib (pip install matplotlib); no plot written", file=sys.stderr)
-    if a.json:
-        record = {**run_record(main_run), "mode": main_run.mode, "prompt_tokens": len(prep.ids),
-                  "video_tokens": video.n_tokens, "video": vm, "question": a.q, "model": a.model, "model_dir": model_dir,
-                  "family": family, "thinking": model.thinking,
-                  "dtype": str(dtype).replace("torch.", ""), "device": str(dev),
-                  "settings": {**{k: v for k, v in vars(a).items() if k not in ("json", "quiet")}, **asdict(s)},
-                  "timings": {"video_s": t_video, "load_s": t_load, "vision_s": prep.vision_s, **main_run.timings}}
-        if a.compare:
-            record["baseline"] = run_record(runs[0])
-        text = json.dumps(record, indent=1, ensure_ascii=False)
-        if a.json == "-":
-            print(text)
-        else:
-            write_atomic(a.json, lambda tmp: Path(tmp).write_text(text))
-    return 0
+        except OSError as e:
+            failed[k] = (path, e.strerror or str(e))
+    # What a failed output held goes to stdout instead (stderr, if stdout is what failed): the record, the trace, and
+    # for the plot its data, the record, unless --json holds that already.
+    alt = "stderr" if any(std_stream(path) == "stdout" for path, _ in failed.values()) else "stdout"
+    rescue = {k for k in failed if k != "plot"} | ({"json"} if "plot" in failed and not a.json else set())
+    for k, (path, why) in failed.items():
+        keeps = f"its data is in --json {a.json}" if k == "plot" and "json" not in rescue else \
+            f"{'the trace' if k == 'trace' else 'the record'} follows on {alt}"
+        print(f"vreason: error: cannot write --{k} {path} ({why}); {keeps}", file=sys.stderr)
+    for k in ("json", "trace"):
+        if k in rescue:
+            write_stream(alt, content[k]())
+    return 2 if failed else 0
 
 
 def main(argv=None):

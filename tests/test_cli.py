@@ -1,14 +1,17 @@
 """The CLI end to end on a tiny checkpoint and synthetic clips, and every bad input: one line on stderr, exit 2,
 no traceback, no JSON file left behind."""
+import errno
 import json
 import os
+import shlex
 import shutil
+import stat
 import subprocess
 import sys
+import threading
 
-import av
 import pytest
-from clips import write_audio_only, write_clip
+from clips import write_audio_only, write_clip, write_empty_video
 from conftest import ROOT
 
 import vreason as R
@@ -31,13 +34,22 @@ def clip(tmp_path_factory):
     return path
 
 
+def strict(text):  # json.loads that refuses NaN / Infinity, which Python's json writes and reads by default
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
 def test_cli_end_to_end(model_dir, clip, tmp_path):
-    """`python vreason.py ...` as a user runs it: streams text, prints stats, writes a complete JSON record."""
-    out = tmp_path / "run.json"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "vreason.py"), "--video", clip, "--q", "What happens?",
-                        "--model", model_dir, "--json", str(out), *SMALL], capture_output=True, text=True, timeout=300)
+    """`python vreason.py ...` as a user runs it: streams text, prints stats, writes a complete, strict JSON record.
+    stdout is redirected to a file and --trace names /dev/stdout: the trace joins that stream (the text then streams
+    to stderr) and the file is written through, never replaced."""
+    out, log = tmp_path / "run.json", tmp_path / "stdout.log"
+    with open(log, "w") as f:
+        inode = os.fstat(f.fileno()).st_ino
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "vreason.py"), "--video", clip, "--q", "What happens?",
+                            "--model", model_dir, "--json", str(out), "--trace", "/dev/stdout", *SMALL],
+                           stdout=f, stderr=subprocess.PIPE, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    rec = json.loads(out.read_text())
+    rec = strict(out.read_text())
     assert len(rec["token_ids"]) == len(rec["entropies"]) == 8
     assert all(e >= 0 for e in rec["entropies"])
     v = rec["video"]
@@ -47,15 +59,36 @@ def test_cli_end_to_end(model_dir, clip, tmp_path):
     for key in ("text", "model", "dtype", "device", "mode", "timings", "settings"):
         assert key in rec
     assert rec["settings"]["max_new_tokens"] == 8 and rec["settings"]["temperature"] == 0.0
-    assert rec["text"] in r.stdout  # streamed
-    assert "tok/s" in r.stdout and "peak memory" in r.stdout
+    assert rec["text"] in r.stderr  # streamed
+    assert "tok/s" in r.stderr and "peak memory" in r.stderr
+    assert os.stat(log).st_ino == inode and [strict(x)["token"] for x in log.read_text().splitlines()] == rec["token_ids"]
+
+
+def test_readme_first_command(model_dir, tmp_path, capsys, monkeypatch):
+    """The README's first command runs as written, from the repository root, on the clip the repository ships
+    (assets/clip.mp4, made by assets/make_clip.py), with the tiny checkpoint in place of the 7B one and 4 tokens."""
+    line = next(x for x in open(os.path.join(ROOT, "README.md")) if x.lstrip().startswith("python vreason.py --video"))
+    argv = shlex.split(line.split("python vreason.py", 1)[1])
+    argv[argv.index("--model") + 1] = model_dir
+    monkeypatch.chdir(ROOT)
+    assert R.main([*argv, "--max-new-tokens", "4", "--json", str(tmp_path / "r.json")]) == 0
+    rec = strict((tmp_path / "r.json").read_text())
+    assert rec["video"]["path"] == "assets/clip.mp4" and rec["video"]["frames_decoded"] == 100 and len(rec["token_ids"]) == 4
+    assert rec["question"] == "What happens after the ball is thrown?" and os.path.getsize("assets/clip.mp4") <= 500_000
 
 
 def test_json_to_stdout_is_pure_json(model_dir, clip, capsys):
     assert R.main(["--video", clip, "--q", "Why?", "--model", model_dir, "--json", "-", *SMALL]) == 0
     out, err = capsys.readouterr()
-    rec = json.loads(out)
+    rec = strict(out)
     assert rec["text"] in err and rec["mode"] == "baseline"
+
+
+def test_trace_to_stdout(model_dir, clip, capsys):
+    assert R.main(["--video", clip, "--q", "Why?", "--model", model_dir, "--trace", "-", *SMALL]) == 0
+    out, err = capsys.readouterr()
+    steps = [strict(x) for x in out.splitlines()]
+    assert len(steps) == 8 and "".join(x["text"] for x in steps) in err
 
 
 def _truncated(tmp_path, clip):
@@ -65,12 +98,8 @@ def _truncated(tmp_path, clip):
     return str(p)
 
 
-def _no_frames(tmp_path, clip):
-    p = str(tmp_path / "empty.mp4")
-    with av.open(p, "w") as c:
-        s = c.add_stream("mpeg4", rate=8)
-        s.width, s.height = 64, 48
-    return p
+def _no_frames(tmp_path, clip):  # (a muxer given no packet at all writes no file: an audio packet makes one)
+    return write_empty_video(str(tmp_path / "empty.mkv"))
 
 
 def _text_file(tmp_path, clip):
@@ -85,16 +114,6 @@ def _audio(tmp_path, clip):
     return p
 
 
-BAD_VIDEOS = {
-    "missing video": lambda tmp, clip: str(tmp / "nope.mp4"),
-    "not a video": _text_file,
-    "truncated video": _truncated,
-    "no decodable frames": _no_frames,
-    "audio only": _audio,
-    "directory": lambda tmp, clip: str(tmp),
-}
-
-
 def _bad(capsys, tmp_path, argv):
     out = tmp_path / "out.json"
     assert R.main([*argv, "--json", str(out)]) == 2
@@ -104,10 +123,40 @@ def _bad(capsys, tmp_path, argv):
     return err
 
 
+def _thin(tmp_path, clip):  # 600x20: under the SMALL pixel cap, shrinking rounds the short side down to 0
+    return write_clip(str(tmp_path / "thin.mp4"), n_frames=8, width=600, height=20, fps=4)
+
+
+BAD_VIDEOS = {  # name: (make the path, what the one line says)
+    "missing video": (lambda tmp, clip: str(tmp / "nope.mp4"), "video not found"),
+    "not a video": (_text_file, "cannot read video"),
+    "truncated video": (_truncated, "cannot read video"),
+    "no decodable frames": (_no_frames, "no decodable video frames"),
+    "audio only": (_audio, "no video stream"),
+    "directory": (lambda tmp, clip: str(tmp), "video path is a directory"),
+    "device": (lambda tmp, clip: "/dev/zero", "video is not a regular file: /dev/zero (a pipe or device; it is decoded twice: "
+                                              "save it to a file)"),
+    "frames shrunk to nothing": (_thin, "a limit of 12544 pixels per frame shrinks 600x20 frames to nothing (a side under 28 "
+                                        "pixels); raise --max-pixels / --total-pixels"),
+}
+
+
 @pytest.mark.parametrize("case", BAD_VIDEOS)
 def test_bad_video(case, model_dir, clip, tmp_path, capsys):
-    path = BAD_VIDEOS[case](tmp_path, clip)
-    _bad(capsys, tmp_path, ["--video", path, "--q", "x", "--model", model_dir, *SMALL])
+    make, words = BAD_VIDEOS[case]
+    err = _bad(capsys, tmp_path, ["--video", make(tmp_path, clip), "--q", "x", "--model", model_dir, *SMALL])
+    assert words in err, err
+
+
+def test_fifo_video_is_refused_not_read(model_dir, tmp_path):
+    """A FIFO with no writer would block the first open forever, and a stream cannot be decoded twice: refused at
+    once. In a subprocess with a timeout, so that a regression fails instead of hanging the suite."""
+    fifo = tmp_path / "stream.mp4"
+    os.mkfifo(fifo)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "vreason.py"), "--video", str(fifo), "--q", "x", "--model", model_dir],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr == (f"vreason: error: video is not a regular file: {fifo} (a pipe or device; it is "
+                                              f"decoded twice: save it to a file)\n"), r.stderr
 
 
 def test_too_few_frames(model_dir, clip, tmp_path, capsys):
@@ -133,12 +182,22 @@ def _plain_tokenizer(d):
     Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>")).save(str(d / "tokenizer.json"))
 
 
+def _nan_weights(d):  # the final norm's weight NaN: every logit NaN, from the first token on
+    from safetensors.torch import load_file, save_file
+
+    shard = d / json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]["model.norm.weight"]
+    tensors = load_file(shard)
+    tensors["model.norm.weight"][0] = float("nan")
+    save_file(tensors, shard, metadata={"format": "pt"})
+
+
 BAD_MODELS = {
     "missing model dir": (lambda d: shutil.rmtree(d), "not found"),
     "missing shard": (lambda d: os.remove(d / "model-00002-of-00003.safetensors"), "shard"),
     "other model type": (lambda d: _set_config(d, model_type="qwen2_vl"), "model_type"),
     "tokenizer without vision tokens": (_plain_tokenizer, "video_pad"),
     "no tokenizer": (lambda d: os.remove(d / "tokenizer.json"), "tokenizer"),
+    "NaN weights": (_nan_weights, "non-finite logits at generated token 0 (NaN/inf weights, float16 overflow, too large a --lr)"),
 }
 
 
@@ -151,7 +210,172 @@ def test_bad_model(case, model_dir, clip, tmp_path, capsys):
     assert words in err, err
 
 
-@pytest.mark.parametrize("flags", [["--mode", "nonsense"], ["--dtype", "float8"], ["--device", "tpu"], ["--temperature", "-1"],
-                                   ["--top-p", "0"], ["--max-new-tokens", "0"], ["--fps", "abc"], ["--bogus-flag", "1"]])
-def test_bad_flags(flags, model_dir, clip, tmp_path, capsys):
-    _bad(capsys, tmp_path, ["--video", clip, "--q", "x", "--model", model_dir, *SMALL, *flags])
+# Every flag class: argparse's own errors, then each range rule of check_args (NaN and infinities included), before
+# anything is loaded. The expected line is exact; "..." ends a prefix (argparse quotes choices differently by version).
+BAD_FLAGS = {
+    "unknown mode": (["--mode", "nonsense"], "argument --mode: invalid choice: 'nonsense' (choose from ..."),
+    "unknown dtype": (["--dtype", "float8"], "argument --dtype: invalid choice: 'float8' (choose from ..."),
+    "unknown device": (["--device", "tpu"], "argument --device: invalid choice: 'tpu' (choose from ..."),
+    "not a number": (["--fps", "abc"], "argument --fps: invalid float value: 'abc'"),
+    "unknown flag": (["--bogus-flag", "1"], "unrecognized arguments: --bogus-flag 1"),
+    "compare without a method": (["--compare"], "--compare runs the baseline next to --mode vreason or lite; pick one of those"),
+    "lr inf": (["--lr", "inf"], "argument --lr: invalid value inf (must be a finite number >= 0)"),
+    "lr 1e999": (["--lr", "1e999"], "argument --lr: invalid value inf (must be a finite number >= 0)"),
+    "lr nan": (["--lr", "nan"], "argument --lr: invalid value nan (must be a finite number >= 0)"),
+    "fps inf": (["--fps", "inf"], "argument --fps: invalid value inf (must be a finite number > 0)"),
+    "fps nan": (["--fps", "nan"], "argument --fps: invalid value nan (must be a finite number > 0)"),
+    "fps 0": (["--fps", "0"], "argument --fps: invalid value 0.0 (must be a finite number > 0)"),
+    "temperature inf": (["--temperature", "inf"], "argument --temperature: invalid value inf (must be 0 (greedy) or a finite number >= 1e-06)"),
+    "temperature -1": (["--temperature", "-1"], "argument --temperature: invalid value -1.0 (must be 0 (greedy) or a finite number >= 1e-06)"),
+    "temperature 1e-300": (["--temperature", "1e-300"], "argument --temperature: invalid value 1e-300 (must be 0 (greedy) or a finite number >= 1e-06)"),
+    "top-p nan": (["--top-p", "nan"], "argument --top-p: invalid value nan (must be a number in (0, 1])"),
+    "top-p 0": (["--top-p", "0"], "argument --top-p: invalid value 0.0 (must be a number in (0, 1])"),
+    "repetition-penalty inf": (["--repetition-penalty", "inf"], "argument --repetition-penalty: invalid value inf (must be a finite number >= 1e-06)"),
+    "repetition-penalty 0": (["--repetition-penalty", "0"], "argument --repetition-penalty: invalid value 0.0 (must be a finite number >= 1e-06)"),
+    "beta nan": (["--beta", "nan"], "argument --beta: invalid value nan (must be a number in [0, 1))"),
+    "beta 1": (["--beta", "1"], "argument --beta: invalid value 1.0 (must be a number in [0, 1))"),
+    "prune-ratio nan": (["--prune-ratio", "nan"], "argument --prune-ratio: invalid value nan (must be a number in [0, 1))"),
+    "prune-ratio 1": (["--prune-ratio", "1"], "argument --prune-ratio: invalid value 1.0 (must be a number in [0, 1))"),
+    "seed -1": (["--seed", "-1"], "argument --seed: invalid value -1 (must be an integer from 0 to 2**64-1)"),
+    "seed 2**64": (["--seed", str(2**64)], f"argument --seed: invalid value {2**64} (must be an integer from 0 to 2**64-1)"),
+    "max-new-tokens 0": (["--max-new-tokens", "0"], "argument --max-new-tokens: invalid value 0 (must be an integer from 1 to 262144)"),
+    "max-new-tokens past positions": (["--max-new-tokens", "262145"],
+                                      "argument --max-new-tokens: invalid value 262145 (must be an integer from 1 to 262144)"),
+    "update-every 0": (["--update-every", "0"], "argument --update-every: invalid value 0 (must be an integer >= 1)"),
+    "steps -1": (["--steps", "-1"], "argument --steps: invalid value -1 (must be an integer >= 0)"),
+    "nframes 1": (["--nframes", "1"], "argument --nframes: invalid value 1 (must be an integer >= 2)"),
+    "max-frames 1": (["--max-frames", "1"], "argument --max-frames: invalid value 1 (must be an integer >= 2)"),
+    "max-pixels -1": (["--max-pixels", "-1"], "argument --max-pixels: invalid value -1 (must be an integer >= 784, one 28x28 block)"),
+    "max-pixels 100": (["--max-pixels", "100"], "argument --max-pixels: invalid value 100 (must be an integer >= 784, one 28x28 block)"),
+    "min-pixels 0": (["--min-pixels", "0"], "argument --min-pixels: invalid value 0 (must be an integer >= 784, one 28x28 block)"),
+    "total-pixels 1": (["--total-pixels", "1"], "argument --total-pixels: invalid value 1 (must be an integer >= 784, one 28x28 block)"),
+    "min above max": (["--min-pixels", "900000", "--max-pixels", "1000"], "--min-pixels 900000 is above --max-pixels 1000"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FLAGS)
+def test_bad_flags(case, model_dir, clip, tmp_path, capsys):
+    flags, message = BAD_FLAGS[case]
+    err = _bad(capsys, tmp_path, ["--video", clip, "--q", "x", "--model", model_dir, *SMALL, *flags])
+    assert err.startswith(f"vreason: error: {message[:-3]}") if message.endswith("...") else err == f"vreason: error: {message}"
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def _read_only_dir(tmp_path):  # a directory we cannot create files in; root ignores mode bits, so /sys there
+    d = tmp_path / "ro"
+    d.mkdir(mode=0o555, exist_ok=True)
+    return str(d) if not os.access(d, os.W_OK) else "/sys"
+
+
+BAD_OUTPUTS = {  # name: tmp_path, clip -> (output flags, the exact message, "..." ending a prefix); refused before the run
+    "no such directory": lambda t, c: (["--trace", f"{t}/no/t.jsonl"], f"output directory does not exist: {t}/no"),
+    "onto a directory": lambda t, c: (["--json", str(t)], f"--json {t} is a directory"),
+    "read-only directory": lambda t, c: (["--plot", f"{_read_only_dir(t)}/p.png"],
+                                         f"cannot write --plot {_read_only_dir(t)}/p.png: ..."),
+    "empty path": lambda t, c: (["--plot", ""], "argument --plot: empty path"),
+    "two outputs, one file": lambda t, c: (["--json", f"{t}/r", "--trace", f"{t}/r"],
+                                           f"--trace and --json name the same file ({t}/r)"),
+    "two outputs on stdout": lambda t, c: (["--json", "-", "--trace", "-"], "--trace and --json name the same file (stdout)"),
+    "onto the video": lambda t, c: (["--json", c], f"--json and --video name the same file ({c})"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_OUTPUTS)
+def test_bad_output(case, model_dir, clip, tmp_path, capsys):
+    t = tmp_path.resolve()
+    flags, message = BAD_OUTPUTS[case](t, os.path.realpath(clip))
+    before = sorted(os.listdir(t))
+    assert R.main(["--video", clip, "--q", "x", "--model", model_dir, *SMALL, *flags]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"vreason: error: {message[:-3]}") if message.endswith("...") else err == f"vreason: error: {message}\n"
+    assert sorted(os.listdir(t)) == before  # no file, no temp file
+    assert os.path.getsize(clip) > 0
+
+
+def _char_device(tmp_path, name, minor):
+    """A character device node of our own as root (a regression must not replace the system's /dev/null), else the
+    system's, which a non-root process cannot replace anyway."""
+    if os.geteuid():
+        return f"/dev/{name}"
+    p = tmp_path / name
+    os.mknod(p, stat.S_IFCHR | 0o666, os.makedev(1, minor))
+    return str(p)
+
+
+def _main_or_hang(argv, unblock, timeout=60):
+    """R.main(argv) in a thread; if it hangs (a FIFO opened blocking), unblock() it and fail rather than hang."""
+    result = []
+    t = threading.Thread(target=lambda: result.append(R.main(argv)), daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        unblock()
+        t.join(timeout)
+        pytest.fail("the CLI blocked")
+    return result[0]
+
+
+def test_write_failures_keep_the_result(model_dir, clip, tmp_path, capsys, monkeypatch):
+    """A write that fails after the run (a full disk: /dev/full and a regular file; a FIFO nobody reads) is one line
+    on stderr and exit 2, the output is not left half-written, and what it held is printed on stdout instead."""
+    run = ["--video", clip, "--q", "x", "--model", model_dir, *SMALL, "--quiet"]
+
+    def failed(*flags, main=R.main):
+        assert main([*run, *flags]) == 2
+        out, err = capsys.readouterr()
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        return out, err.strip()
+
+    full = _char_device(tmp_path, "full", 7)
+    out, err = failed("--json", full)
+    assert err == f"vreason: error: cannot write --json {full} (No space left on device); the record follows on stdout"
+    assert len(strict(out)["token_ids"]) == 8 and stat.S_ISCHR(os.stat(full).st_mode)
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    out, err = failed("--trace", str(fifo), main=lambda argv: _main_or_hang(argv, lambda: open(fifo, "rb").close()))
+    assert err == f"vreason: error: cannot write --trace {fifo} (nobody is reading this FIFO); the trace follows on stdout"
+    assert len([strict(x) for x in out.splitlines()]) == 8 and stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+    rec = tmp_path / "r.json"
+    out, err = failed("--json", str(rec), "--plot", full)
+    assert err == f"vreason: error: cannot write --plot {full} (No space left on device); its data is in --json {rec}"
+    assert out == "" and len(strict(rec.read_text())["token_ids"]) == 8
+
+    rec.unlink()  # a regular file on a full disk, simulated: fsync failing with ENOSPC. Full before the run: refused
+    fsyncs = []
+
+    def fsync(fd):
+        fsyncs.append(fd)
+        if len(fsyncs) > allowed:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(R.os, "fsync", fsync)
+    allowed = 0
+    out, err = failed("--json", str(rec))
+    assert err == f"vreason: error: cannot write --json {rec}: No space left on device" and out == "" and fsyncs
+    allowed, fsyncs[:] = 1, []  # full by the time the record is written: the record goes to stdout
+    out, err = failed("--json", str(rec))
+    assert err == f"vreason: error: cannot write --json {rec} (No space left on device); the record follows on stdout"
+    assert len(strict(out)["token_ids"]) == 8
+    assert sorted(os.listdir(tmp_path)) == (["fifo", "full"] if os.geteuid() == 0 else ["fifo"])  # no r.json, no temp file
+
+
+def test_special_targets_are_written_in_place(model_dir, clip, tmp_path, capsys):
+    """A device node or a FIFO is written into, never renamed over; a symlink is kept and its target replaced."""
+    null, fifo, target, link = _char_device(tmp_path, "null", 3), tmp_path / "fifo", tmp_path / "t.jsonl", tmp_path / "link"
+    os.mkfifo(fifo)
+    target.write_text("old")
+    link.symlink_to(target)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()), daemon=True)
+    reader.start()
+    argv = ["--video", clip, "--q", "x", "--model", model_dir, *SMALL, "--quiet", "--json", null, "--trace", str(fifo),
+            "--plot", str(link)]
+    assert _main_or_hang(argv, lambda: None) == 0
+    reader.join(60)
+    assert len([strict(x) for x in got[0].decode().splitlines()]) == 8
+    assert stat.S_ISCHR(os.stat(null).st_mode) and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert link.is_symlink() and target.read_bytes()[:4] == b"\x89PNG"

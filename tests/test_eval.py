@@ -1,5 +1,6 @@
 """eval.py: prompt bytes and scoring (spec §7), a synthetic benchmark end to end with known predictions, resume after a
 crash and a torn line, bad input, and a 2-process torchrun (gloo) run that must equal the 1-process one."""
+import errno
 import json
 import os
 import re
@@ -316,3 +317,91 @@ def test_two_process_gloo_run_equals_one_process(bench, model_dir, tmp_path):
     for m in E.MODES:
         assert s1["modes"][m]["metrics"] == s2["modes"][m]["metrics"]
         assert s1["modes"][m]["output_tokens"] == s2["modes"][m]["output_tokens"]
+
+
+# ----------------------------------------------------------------------------- --out, its lock, video paths, failed writes
+
+def _refused(argv, capsys, message):
+    """Exit 2 with exactly `message` (or its prefix, before "...") as the one line on stderr."""
+    assert E.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"eval: error: {message[:-3]}") if message.endswith("...") else err == f"eval: error: {message}\n"
+
+
+def test_out_must_be_a_writable_directory(bench, tmp_path, capsys):
+    (tmp_path / "a file").write_text("x")
+    _refused(args(bench, tmp_path / "a file"), capsys, f"--out {tmp_path / 'a file'} is not a directory")
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    out = ro / "out" if not os.access(ro, os.W_OK) else "/sys/out"  # root ignores mode bits: /sys is read-only to it too
+    _refused(args(bench, out), capsys, f"cannot write in --out {out}: ...")
+    assert not os.path.exists(out) and (tmp_path / "a file").read_text() == "x"
+
+
+def test_a_second_run_on_one_out_is_refused(bench, model_dir, fake, tmp_path, capsys):
+    """Another process holds the lock: refused, naming it. Once it is gone (killed: the kernel drops its flock), its
+    lock is taken over; the lock file then names this run."""
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'eval.py pid 4242 on elsewhere since 2026-01-01 "
+                               "00:00:00'); print('locked', flush=True); sys.stdin.read()", str(out / "eval.lock")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        _refused(args(bench, out, "--model", model_dir), capsys, f"--out {out} is in use by eval.py pid 4242 on elsewhere "
+                 f"since 2026-01-01 00:00:00: wait for it to end, or use another --out")
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    assert fake["generate"] == [] and sorted(os.listdir(out)) == ["eval.lock"]
+    assert E.main(args(bench, out, "--model", model_dir, "--limit", "1")) == 0
+    capsys.readouterr()
+    assert (out / "eval.lock").read_text().startswith(f"eval.py pid {os.getpid()} on {socket.gethostname()} since ")
+    fd = E.open_out(str(out), lock=True)  # and this run's own lock, while held, refuses the next one
+    try:
+        _refused(args(bench, out, "--model", model_dir), capsys, f"--out {out} is in use by eval.py pid {os.getpid()} ...")
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("path", ["../c0.mp4", "a/../../c0.mp4", "/etc/passwd"])
+def test_video_paths_stay_inside_the_video_root(path, tmp_path, capsys):
+    err = _bad_data(tmp_path, capsys, "x.jsonl", json.dumps(dict(ENTRIES["eval_mc.jsonl"][2], path=path)) + "\n")
+    assert err == f"eval: error: {tmp_path / 'x.jsonl'}: line 1: video path {path!r} is absolute or climbs out of --video-root"
+
+
+def test_failed_writes_keep_the_records(bench, model_dir, fake, tmp_path, capsys, monkeypatch):
+    """A full disk mid-run (a record append) or at the end (the summary): one line, exit 2, every record written so
+    far kept, and the same command then finishes the job without redoing any."""
+    out, append, write_atomic = tmp_path / "out", E.append, R.write_atomic
+    enospc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def full_after(n):
+        def f(fd, rec):
+            if len(records_so_far()) >= n:
+                raise enospc
+            append(fd, rec)
+        return f
+
+    records_so_far = lambda: (out / "records.rank0.jsonl").read_text().splitlines()
+    monkeypatch.setattr(E, "append", full_after(4))
+    assert E.main(args(bench, out, "--model", model_dir)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"eval: error: cannot append to {out}/records.rank0.jsonl (No space left on device); the records before "
+                   f"it are kept: rerun the same command to resume")
+    assert len(records_so_far()) == 4
+    monkeypatch.setattr(E, "append", append)
+    monkeypatch.setattr(R, "write_atomic", lambda path, data: (_ for _ in ()).throw(enospc) if path.endswith("summary.json")
+                        else write_atomic(path, data))
+    fake["generate"].clear()
+    assert E.main(args(bench, out, "--model", model_dir)) == 2
+    cap = capsys.readouterr()
+    assert cap.err.strip().splitlines()[-1] == (f"eval: error: cannot write {out}/summary.json (No space left on device); "
+                                                f"the records are kept in records.rank*.jsonl: rerun the same command to write it")
+    assert len(fake["generate"]) == 18 - 4 and "| mode |" in cap.out and len(records_so_far()) == 21
+    monkeypatch.setattr(R, "write_atomic", write_atomic)
+    fake["generate"].clear()
+    assert E.main(args(bench, out, "--model", model_dir)) == 0
+    assert fake["generate"] == [] and json.loads((out / "summary.json").read_text())["columns"]
