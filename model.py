@@ -37,11 +37,17 @@ def read_json(path, what="a JSON object"):
             raw = json.load(f)
     except OSError as e:
         raise ModelError(f"cannot read {path}: {e.strerror or e}") from None
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-        raise ModelError(f"{path}: invalid JSON ({getattr(e, 'msg', e)})") from None
+    except UnicodeDecodeError as e:  # (a ValueError too: first)
+        raise ModelError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg})") from None
     if not isinstance(raw, dict):
         raise ModelError(f"{path}: expected {what}, found a JSON {type(raw).__name__}")
     return raw
+
+
+# No Qwen-VL size or token id comes near this; the bound keeps a typo (1e30 layers wide) from overflowing a shape.
+SIZE_LIMIT = 2**31
 
 
 class Fields:
@@ -57,12 +63,12 @@ class Fields:
             return default
         v = self.d[key]
         ok = (isinstance(v, bool) if kind is bool else isinstance(v, str) if kind is str else
-              isinstance(v, int) and not isinstance(v, bool) if kind is int else
+              isinstance(v, int) and not isinstance(v, bool) and abs(v) < SIZE_LIMIT if kind is int else
               isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
         if ok and kind in (int, float) and positive and v <= 0:
             ok = False
         if not ok:
-            want = {int: "a positive integer" if positive else "an integer", float: "a positive number",
+            want = {int: f"a{' positive' if positive else 'n'} integer below 2**31", float: "a positive number",
                     bool: "true or false", str: "a string"}[kind]
             raise ModelError(f"{self.path}: {self.where}{key} is {v!r}, expected {want}")
         return float(v) if kind is float else v
@@ -120,10 +126,12 @@ class TextConfig:
         rope = t.sub("rope_scaling") if t.d.get("rope_scaling") else t.sub("rope_parameters")
         n_heads = t.get("num_attention_heads")
         hidden = t.get("hidden_size")
+        if "head_dim" not in t.d and hidden % n_heads:  # (no head_dim: the head size is hidden / heads, whole)
+            raise ModelError(f"{path}: {t.where}hidden_size {hidden} is not a multiple of num_attention_heads {n_heads}")
         head_dim = t.get("head_dim", default=hidden // n_heads)
         section = rope.ints("mrope_section", 3)
         if 2 * sum(section) != head_dim:
-            raise ModelError(f"{path}: mrope_section {list(section)} does not sum to head_dim/2 = {head_dim // 2}")
+            raise ModelError(f"{path}: mrope_section {list(section)} sums to {sum(section)}, not head_dim/2 = {head_dim / 2:g}")
         if t.get("hidden_act", str, "silu") != "silu":
             raise ModelError(f"{path}: hidden_act {t.d['hidden_act']!r} is not supported (expected 'silu')")
         theta = rope.get("rope_theta", float, None) or t.get("rope_theta", float)
@@ -141,12 +149,24 @@ class TextConfig:
             torch_dtype=t.get("torch_dtype", str, None) or top.get("dtype", str, "bfloat16"),
         ), top
 
-    def check(self, path):  # what the sizes must satisfy together (each was checked alone when read)
+    def check(self, path):
+        """What the sizes must satisfy together (each was checked alone when read): the decoder's, and the vision
+        tower's, whose sizes every family config carries (v_hidden, v_heads, in_chans, patch_size, ...)."""
         if self.n_heads % self.n_kv_heads:
             raise ModelError(f"{path}: num_attention_heads {self.n_heads} is not a multiple of num_key_value_heads {self.n_kv_heads}")
         for key in ("image_token_id", "video_token_id", "vision_start_token_id"):
             if getattr(self, key) >= self.vocab_size:
                 raise ModelError(f"{path}: {key} {getattr(self, key)} is outside the vocabulary ({self.vocab_size})")
+        if self.v_hidden % self.v_heads or self.v_hidden // self.v_heads % 4:  # 2D rotary: a quarter per axis and half
+            raise ModelError(f"{path}: vision_config.hidden_size {self.v_hidden} is not num_heads {self.v_heads} x a "
+                             f"head size divisible by 4")
+        # video.py cuts frames into patches with the family's constants, not the config's: they must agree
+        fam = V.get_family(self.model_type)
+        for key, have, want in (("patch_size", self.patch_size, fam.patch), ("spatial_merge_size", self.merge_size, fam.merge),
+                                ("temporal_patch_size", self.temporal_patch_size, fam.temporal_patch),
+                                ("in_channels", self.in_chans, 3)):
+            if have != want:
+                raise ModelError(f"{path}: vision_config.{key} is {have}; {fam.name}'s video preprocessing uses {want}")
 
 
 def rope_axis(section, interleaved):
@@ -572,6 +592,9 @@ def weight_files(model_dir):
         if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
             raise ModelError(f"{index}: expected a non-empty weight_map of tensor name -> shard file")
         shards = sorted(set(wm.values()))
+        outside = [s for s in shards if os.path.isabs(s) or os.path.normpath(s).split(os.sep)[0] in (".", "..")]
+        if outside:  # a weight_map that names /etc/passwd or ../other-model would read it
+            raise ModelError(f"{index}: weight_map names {outside[0]!r}, not a file inside {model_dir}")
     elif os.path.exists(os.path.join(model_dir, "model.safetensors")):
         shards = ["model.safetensors"]
     else:

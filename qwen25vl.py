@@ -39,6 +39,9 @@ class Config(M.TextConfig):
                 merge_size=v.get("spatial_merge_size"), window_size=v.get("window_size"),
                 fullatt_blocks=v.ints("fullatt_block_indexes"), tokens_per_second=v.get("tokens_per_second", float))
         c.check(path)
+        if c.window_size < c.merge_size * c.patch_size:  # the window in merged tokens would be 0
+            raise M.ModelError(f"{path}: vision_config.window_size {c.window_size} is under one merged token "
+                               f"({c.merge_size * c.patch_size} pixels)")
         if v.get("out_hidden_size") != c.hidden_size:
             raise M.ModelError(f"{path}: vision out_hidden_size {v.d['out_hidden_size']} != hidden_size {c.hidden_size}")
         return c

@@ -164,16 +164,52 @@ def test_too_few_frames(model_dir, clip, tmp_path, capsys):
     assert "frame" in err
 
 
+@pytest.fixture(scope="module")
+def model_dirs(model_dir, qwen3, qwen_tokenizer_json, tmp_path_factory):
+    """Both families' tiny checkpoints as the CLI takes them (three shards each, a real Qwen tokenizer)."""
+    d = tmp_path_factory.mktemp("cli3") / "model"
+    shutil.copytree(qwen3["dir"]["untied"], d)
+    shutil.copy(qwen_tokenizer_json, d / "tokenizer.json")
+    return {"qwen2_5_vl": model_dir, "qwen3_vl": str(d)}
+
+
 def _copy(model_dir, tmp_path):
+    """A copy to break. The shards are hard links (saves 80 MB a case): a breaker replaces a shard, never writes into
+    it (see _replace), or it would break the original for every later test."""
     d = tmp_path / "m"
-    shutil.copytree(model_dir, d)
+    shutil.copytree(model_dir, d, copy_function=lambda src, dst: (os.link if src.endswith(".safetensors") else shutil.copy)(src, dst))
     return d
 
 
+def _replace(path, data):  # a new file in place of a (hard-linked) one
+    os.remove(path)
+    path.write_bytes(data)
+
+
+def _edit(d, change, name="config.json"):  # change(j) edits the parsed JSON file in place
+    j = json.loads((d / name).read_text())
+    change(j)
+    (d / name).write_text(json.dumps(j))
+
+
+def _text(j):  # where the decoder's keys are: top level (Qwen2.5-VL) or text_config (Qwen3-VL)
+    return j.get("text_config", j)
+
+
+def _rope(j):
+    return _text(j).get("rope_scaling") or j["rope_scaling"]
+
+
 def _set_config(d, **kw):
-    j = json.loads((d / "config.json").read_text())
-    j.update(kw)
-    (d / "config.json").write_text(json.dumps(j))
+    _edit(d, lambda j: j.update(kw))
+
+
+def _set_text(d, **kw):
+    _edit(d, lambda j: _text(j).update(kw))
+
+
+def _set_vision(d, **kw):
+    _edit(d, lambda j: j["vision_config"].update(kw))
 
 
 def _plain_tokenizer(d):
@@ -183,31 +219,119 @@ def _plain_tokenizer(d):
 
 
 def _nan_weights(d):  # the final norm's weight NaN: every logit NaN, from the first token on
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
-    shard = d / json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]["model.norm.weight"]
-    tensors = load_file(shard)
-    tensors["model.norm.weight"][0] = float("nan")
-    save_file(tensors, shard, metadata={"format": "pt"})
+    wm = json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]
+    key = next(k for k in ("model.norm.weight", "model.language_model.norm.weight") if k in wm)
+    tensors = load_file(d / wm[key])
+    tensors[key][0] = float("nan")
+    _replace(d / wm[key], save(tensors, metadata={"format": "pt"}))
 
 
-BAD_MODELS = {
-    "missing model dir": (lambda d: shutil.rmtree(d), "not found"),
-    "missing shard": (lambda d: os.remove(d / "model-00002-of-00003.safetensors"), "shard"),
-    "other model type": (lambda d: _set_config(d, model_type="qwen2_vl"), "model_type"),
-    "tokenizer without vision tokens": (_plain_tokenizer, "video_pad"),
-    "no tokenizer": (lambda d: os.remove(d / "tokenizer.json"), "tokenizer"),
+def _truncate(d, name="model-00002-of-00003.safetensors"):
+    _replace(d / name, (d / name).read_bytes()[:1000])
+
+
+def _config_dir(d):  # unreadable: root reads through chmod 000, but nobody reads a directory as a file
+    os.remove(d / "config.json")
+    os.mkdir(d / "config.json")
+
+
+def _first_shard_to(name):
+    return lambda d: _edit(d, lambda j: j["weight_map"].update({next(iter(j["weight_map"])): name}),
+                           "model.safetensors.index.json")
+
+
+Q25, Q3 = "qwen2_5_vl", "qwen3_vl"
+# The model directory, as each family gets it wrong: case -> (break the copy d, the exact line after "vreason: error: "
+# with {d} the directory, {t} where the decoder's keys are (Qwen3-VL: "text_config."), {fam} and {patch} the family's
+# name and patch size; "..." ends a prefix; the families it applies to). Every one stops before the weights are read,
+# but the shard contents (truncated, NaN), which stop when they are.
+BAD_MODEL_DIRS = {
+    "missing model dir": (lambda d: shutil.rmtree(d), "model directory not found: {d}"),
+    "no config.json": (lambda d: os.remove(d / "config.json"), "{d}: no config.json (not a Hugging Face model directory)"),
+    "config.json unreadable": (_config_dir, "cannot read {d}/config.json: Is a directory"),
+    "config.json not JSON": (lambda d: (d / "config.json").write_text('{"model_type": '),
+                             "{d}/config.json: invalid JSON at line 1 column 16 (Expecting value)"),
+    "config.json not UTF-8": (lambda d: (d / "config.json").write_bytes(b'{"\xff": 1}'), "{d}/config.json: not UTF-8 text (byte 2)"),
+    "config.json a JSON list": (lambda d: (d / "config.json").write_text("[1, 2]"),
+                                "{d}/config.json: expected a JSON object (a Hugging Face config.json), found a JSON list"),
+    "another model type": (lambda d: _set_config(d, model_type="qwen2_vl"),
+                           "{d}/config.json: model_type is 'qwen2_vl'; supported: 'qwen2_5_vl', 'qwen3_vl' (Qwen2.5-VL, Qwen3-VL)"),
+    "a size as a string": (lambda d: _set_text(d, hidden_size="64"),
+                           "{d}/config.json: {t}hidden_size is '64', expected a positive integer below 2**31"),
+    "a size of 0": (lambda d: _set_text(d, num_hidden_layers=0),
+                    "{d}/config.json: {t}num_hidden_layers is 0, expected a positive integer below 2**31"),
+    "a negative size": (lambda d: _set_text(d, intermediate_size=-128),
+                        "{d}/config.json: {t}intermediate_size is -128, expected a positive integer below 2**31"),
+    "a size as a bool": (lambda d: _set_text(d, num_key_value_heads=True),
+                         "{d}/config.json: {t}num_key_value_heads is True, expected a positive integer below 2**31"),
+    "a size as a float": (lambda d: _set_text(d, vocab_size=151936.0),
+                          "{d}/config.json: {t}vocab_size is 151936.0, expected a positive integer below 2**31"),
+    "a size of 1e30": (lambda d: _set_vision(d, depth=10**30),
+                       "{d}/config.json: vision_config.depth is 1000000000000000000000000000000, expected a positive "
+                       "integer below 2**31"),
+    "a NaN": (lambda d: _set_text(d, rms_norm_eps=float("nan")), "{d}/config.json: {t}rms_norm_eps is nan, expected a positive number"),
+    "a flag as a string": (lambda d: _set_text(d, tie_word_embeddings="no"),
+                           "{d}/config.json: {t}tie_word_embeddings is 'no', expected true or false"),
+    "a missing key": (lambda d: _edit(d, lambda j: _text(j).pop("num_attention_heads")), "{d}/config.json: missing {t}num_attention_heads"),
+    "no vision_config": (lambda d: _edit(d, lambda j: j.pop("vision_config")), "{d}/config.json: missing vision_config.depth"),
+    "text_config a list": (lambda d: _set_config(d, text_config=[64]), "{d}/config.json: text_config is list, expected an object"),
+    "mrope_section of strings": (lambda d: _edit(d, lambda j: _rope(j).update(mrope_section=["16", "24", "24"])),
+                                 "{d}/config.json: {t}rope_scaling.mrope_section is ['16', '24', '24'], expected a list of 3 "
+                                 "non-negative integers"),
+    "mrope_section not head_dim/2": (lambda d: _edit(d, lambda j: _rope(j).update(mrope_section=[1, 1, 1])),
+                                     "{d}/config.json: mrope_section [1, 1, 1] sums to 3, not head_dim/2 = ..."),
+    "heads not a multiple of kv heads": (lambda d: _set_text(d, num_key_value_heads=3),
+                                         "{d}/config.json: num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
+    "hidden not a multiple of heads": (lambda d: _set_text(d, num_attention_heads=3, num_key_value_heads=1),
+                                       "{d}/config.json: hidden_size 64 is not a multiple of num_attention_heads 3", [Q25]),
+    "a token id outside the vocabulary": (lambda d: _set_config(d, video_token_id=200000),
+                                          "{d}/config.json: video_token_id 200000 is outside the vocabulary (151936)"),
+    "vision heads": (lambda d: _set_vision(d, num_heads=3),
+                     "{d}/config.json: vision_config.hidden_size 64 is not num_heads 3 x a head size divisible by 4"),
+    "vision patch not the family's": (lambda d: _set_vision(d, patch_size=7),
+                                      "{d}/config.json: vision_config.patch_size is 7; {fam}'s video preprocessing uses {patch}"),
+    "vision merge not the family's": (lambda d: _set_vision(d, spatial_merge_size=3),
+                                      "{d}/config.json: vision_config.spatial_merge_size is 3; {fam}'s video preprocessing uses 2"),
+    "vision window under a token": (lambda d: _set_vision(d, window_size=10),
+                                    "{d}/config.json: vision_config.window_size 10 is under one merged token (28 pixels)", [Q25]),
+    "no weights": (lambda d: [os.remove(p) for p in d.glob("model*.safetensors*")],
+                   "{d}: no model.safetensors or model.safetensors.index.json"),
+    "index.json not JSON": (lambda d: (d / "model.safetensors.index.json").write_text("{"),
+                            "{d}/model.safetensors.index.json: invalid JSON at line 1 column 2 (Expecting property name "
+                            "enclosed in double quotes)"),
+    "index.json not an object": (lambda d: (d / "model.safetensors.index.json").write_text('"model.safetensors"'),
+                                 "{d}/model.safetensors.index.json: expected a JSON object, found a JSON str"),
+    "index.json without weight_map": (lambda d: (d / "model.safetensors.index.json").write_text('{"metadata": {}}'),
+                                      "{d}/model.safetensors.index.json: expected a non-empty weight_map of tensor name -> "
+                                      "shard file"),
+    "weight_map naming a missing shard": (_first_shard_to("model-00009-of-00009.safetensors"),
+                                          "{d}: missing weight shard(s): model-00009-of-00009.safetensors"),
+    "weight_map naming a file outside": (_first_shard_to("../../m/model-00001-of-00003.safetensors"),
+                                         "{d}/model.safetensors.index.json: weight_map names "
+                                         "'../../m/model-00001-of-00003.safetensors', not a file inside {d}"),
+    "a shard missing": (lambda d: os.remove(d / "model-00002-of-00003.safetensors"),
+                        "{d}: missing weight shard(s): model-00002-of-00003.safetensors"),
+    "a truncated shard": (_truncate, "{d}/model-00002-of-00003.safetensors: cannot read safetensors (SafetensorError: ..."),
     "NaN weights": (_nan_weights, "non-finite logits at generated token 0 (NaN/inf weights, float16 overflow, too large a --lr)"),
+    "tokenizer without vision tokens": (_plain_tokenizer, "{d}/tokenizer.json is not a Qwen VL tokenizer: missing ..."),
+    "no tokenizer": (lambda d: os.remove(d / "tokenizer.json"), "tokenizer.json not found in {d}"),
 }
+MODEL_DIR_CASES = [(case, fam) for case, v in BAD_MODEL_DIRS.items() for fam in (v[2] if len(v) > 2 else [Q25, Q3])]
 
 
-@pytest.mark.parametrize("case", BAD_MODELS)
-def test_bad_model(case, model_dir, clip, tmp_path, capsys):
-    d = _copy(model_dir, tmp_path)
-    breaker, words = BAD_MODELS[case]
+@pytest.mark.parametrize("case,family", MODEL_DIR_CASES)
+def test_bad_model_dir(case, family, model_dirs, clip, tmp_path, capsys):
+    from video import get_family
+
+    breaker, message = BAD_MODEL_DIRS[case][:2]
+    d = _copy(model_dirs[family], tmp_path)
     breaker(d)
+    fam = get_family(family)
+    message = message.format(d=d, t="text_config." if family == Q3 else "", fam=fam.name, patch=fam.patch)
     err = _bad(capsys, tmp_path, ["--video", clip, "--q", "x", "--model", str(d), *SMALL])
-    assert words in err, err
+    assert err.startswith(f"vreason: error: {message[:-3]}") if message.endswith("...") else err == f"vreason: error: {message}"
 
 
 # Every flag class: argparse's own errors, then each range rule of check_args (NaN and infinities included), before
