@@ -748,9 +748,24 @@ def open_out(out, lock):
         raise R.UsageError(f"cannot write in --out {out}: {e.strerror}") from None
 
 
+def longest_prompt(a, tok, mine, family):
+    """A bound on the prompt tokens of any sample, before a video is read: the most video tokens the frame and pixel
+    flags allow (fewer frames may get more pixels each: every count is tried), 8 a frame group for Qwen3-VL's
+    "<t seconds>", the longest question, the system prompt, and 64 for the chat template around them."""
+    fam = V.get_family(family)
+    video = max(n // fam.temporal_patch * (int(V.video_pixel_limits(n, a.min_pixels, a.max_pixels, a.total_pixels, fam)[1])
+                                           // fam.factor**2 + 8 * fam.timestamps)
+                for n in range(fam.temporal_patch, (a.nframes or a.max_frames) + 1, fam.temporal_patch))
+    text = max(len(tok.encode(question(it)).ids) for it, _ in mine) + len(tok.encode(a.system or "").ids)
+    return video + text + 64
+
+
 def run_shard(a, model_dir, mine, conf, dev, dtype, device_map, rank):
     tok = V.load_tokenizer(model_dir)
-    model = M.load_model(model_dir, dev, dtype, device_map)
+    skeleton = M.skeleton(model_dir)
+    M.check_memory(skeleton, dev, dtype, device_map, longest_prompt(a, tok, mine, skeleton.c.model_type), a.max_new_tokens)
+    with R.Progress("loading weights", "shards", every=0, quiet=rank != 0) as shards:
+        model = M.load_model(model_dir, dev, dtype, device_map, progress=shards)
     stop_ids = {tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")} - {None}
     fd, bar = open_records(a.out, rank), progress(len(mine)) if rank == 0 else (lambda what: None)
     try:

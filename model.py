@@ -669,25 +669,33 @@ def family(model_dir):  # the family's module (qwen25vl or qwen3vl), imported on
     return importlib.import_module(FAMILIES[model_type(model_dir)])
 
 
-def load_model(model_dir, device="cpu", dtype=torch.float32, device_map=None):
+def skeleton(model_dir):
+    """The family's model on the meta device: its config (read and checked), its shapes and its prompt (Thinking or
+    not), no storage. What load_model fills, and what memory_need and a prompt's length are known from before."""
+    fam = family(model_dir)
+    c = fam.Config.from_json(os.path.join(model_dir, "config.json"))
+    with torch.device("meta"):
+        model = fam.Model(c)
+    model.thinking = V.get_family(c.model_type).thinking and V.thinking_template(model_dir)
+    return model
+
+
+def load_model(model_dir, device="cpu", dtype=torch.float32, device_map=None, progress=None):
     """Build the family's model on the meta device, give every parameter its storage on its device, then copy each
     checkpoint tensor into place straight from the safetensors shards, one at a time: peak memory stays close to
     the weights themselves. device_map: None (all on `device`), "auto" (layers split over the visible GPUs) or a
-    list of devices."""
+    list of devices. progress(done, total): called after each shard (a 7B checkpoint is 5 shards of ~4 GB)."""
     from safetensors import safe_open
 
-    fam = family(model_dir)
-    c = fam.Config.from_json(os.path.join(model_dir, "config.json"))
-    files = weight_files(model_dir)
-    with torch.device("meta"):
-        model = fam.Model(c)
+    model = skeleton(model_dir)
+    c, files = model.c, weight_files(model_dir)
     layout = checkpoint_layout(model)
     for name, p in list(model.named_parameters()):
         owner, _, leaf = name.rpartition(".")
         storage = torch.empty(p.shape, device=placement(name, c, device, device_map), dtype=dtype)
         setattr(model.get_submodule(owner), leaf, nn.Parameter(storage, requires_grad=False))
     params, seen, unexpected = dict(model.named_parameters()), set(), []
-    for path in files:
+    for done, path in enumerate(files, 1):
         try:
             with safe_open(path, framework="pt", device="cpu") as f:
                 for key in f.keys():
@@ -707,9 +715,101 @@ def load_model(model_dir, device="cpu", dtype=torch.float32, device_map=None):
             raise
         except Exception as e:  # truncated / corrupt shard
             raise ModelError(f"{path}: cannot read safetensors ({type(e).__name__}: {e})") from None
+        if progress is not None:
+            progress(done, len(files))
     missing = sorted(set(layout) - seen)
     if missing or unexpected:
         raise ModelError(f"{model_dir}: checkpoint does not match the config: missing {missing[:5]}{' ...' if len(missing) > 5 else ''}"
                          f" ({len(missing)}), unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)})")
-    model.thinking = V.get_family(c.model_type).thinking and V.thinking_template(model_dir)
     return model.eval()
+
+
+# ----------------------------------------------------------------------------- memory, checked before loading
+
+GB = 1e9
+SLACK = 2**29  # 512 MiB on every device: allocator rounding and fragmentation, cuBLAS workspaces, small buffers
+
+
+def memory_need(model, device, dtype, device_map=None, prompt_tokens=0, new_tokens=0):
+    """Bytes a request needs on each device it uses, found before anything is loaded: {device: [weights, kv, margin]}.
+    weights, exact: from the skeleton (the model on the meta device), every parameter at `dtype` on the device
+    placement() gives it (a tied head is one table, VideoLM.lm_head: counted once).
+    kv: n_layers x 2 (K, V) x kv heads x head_dim x (prompt + new tokens) x bytes, each layer's on its device.
+    margin, for activations and the rest: the larger of two moments that never overlap, plus SLACK. While loading,
+    one checkpoint tensor is in flight: at most the largest parameter, at the checkpoint's dtype or ours, whichever is
+    wider. While running, the prefill holds, in the layer it is in, for every prompt token: the residual D, q|k|v
+    (H + 2 Hkv) d, and in the MLP gate|up 2I, silu(gate) I and their product I (attention is flash or memory-efficient:
+    O(S)). The vision tower, done before the prefill, holds no more per video token, counted the same way (7B: 75k
+    values against 84k; Qwen3-VL-8B: 58k against 59k), and the video tokens are a part of the prompt. Meant to err
+    high: refusing a run that would just have fit costs a flag, an OOM kill costs the run."""
+    c, size, need = model.c, dtype.itemsize, {}
+    for name, p in model.named_parameters():
+        need.setdefault(torch.device(placement(name, c, device, device_map)), [0, 0, 0])[0] += p.numel() * size
+    for i in range(c.n_layers):  # (every layer's device holds weights, so is in `need` already)
+        need[torch.device(placement(f"llm.layers.{i}.qkv", c, device, device_map))][1] += \
+            2 * c.n_kv_heads * c.head_dim * (prompt_tokens + new_tokens) * size
+    stored = getattr(torch, c.torch_dtype, None)  # the checkpoint's dtype, as config.json states it
+    wider = max(size, stored.itemsize if isinstance(stored, torch.dtype) else 0)
+    in_flight = max(p.numel() for p in model.parameters()) * wider
+    per_token = c.hidden_size + (c.n_heads + 2 * c.n_kv_heads) * c.head_dim + 4 * c.intermediate_size
+    margin = max(in_flight, prompt_tokens * per_token * size) + SLACK
+    for parts in need.values():
+        parts[2] = margin
+    return need
+
+
+def free_memory(device):
+    """Bytes free for us on `device`; None where it cannot be known (MPS shares memory with everything: no check)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):  # not Linux
+        return None
+    # In a container the kernel kills at the cgroup's limit, which MemAvailable (the host's) does not see. Usage as
+    # the kubelet counts it: everything charged but the inactive page cache, which is reclaimed before a kill.
+    def read(name):
+        with open(os.path.join("/sys/fs/cgroup", name)) as f:
+            return f.read()
+
+    for limit, usage, stat, cache in (("memory.max", "memory.current", "memory.stat", "inactive_file"),  # v2, v1
+                                      ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes",
+                                       "memory/memory.stat", "total_inactive_file")):
+        try:
+            inactive = dict(line.split() for line in read(stat).splitlines()).get(cache, 0)
+            return min(free, int(read(limit)) - int(read(usage)) + int(inactive))
+        except (OSError, ValueError):  # no such cgroup file, or "max": no limit
+            continue
+    return free
+
+
+def shortfall(need):  # the first device where the need exceeds what is free: (device, bytes needed, bytes free)
+    for dev, parts in need.items():
+        free = free_memory(dev)
+        if free is not None and sum(parts) > free:
+            return dev, sum(parts), free
+    return None
+
+
+def check_memory(model, device, dtype, device_map=None, prompt_tokens=0, new_tokens=0):
+    """Before loading (model: the skeleton): a request that does not fit the free memory of a device it uses stops here
+    with one line naming what it needs, what is free, and the ways out, not in an OOM kill or a CUDA error mid-run."""
+    need = memory_need(model, device, dtype, device_map, prompt_tokens, new_tokens)
+    short = shortfall(need)
+    if short is None:
+        return
+    dev, total, free = short
+    weights, kv, margin = need[dev]
+    ways = []
+    if dtype == torch.float32:
+        half = memory_need(model, device, torch.bfloat16, device_map, prompt_tokens, new_tokens)
+        ways.append(f"--dtype bfloat16 (needs {sum(half[dev]) / GB:.1f} GB{'' if shortfall(half) else ': fits'})")
+    ways.append("a smaller checkpoint (e.g. --model Qwen/Qwen3-VL-2B-Instruct)")
+    if device_map is None:
+        ways.append("--device-map auto on several GPUs")
+    raise ModelError(f"not enough memory on {dev}: {str(dtype)[6:]} weights {weights / GB:.1f} GB + KV cache "
+                     f"{kv / GB:.1f} GB + margin {margin / GB:.1f} GB = {total / GB:.1f} GB, {free / GB:.1f} GB free; "
+                     f"options: {', '.join(ways)}")

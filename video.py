@@ -237,10 +237,14 @@ def _decode(path: str, on_frame) -> tuple[int, float]:
 
 
 def load_video(path, family="qwen2_5_vl", fps: float | None = None, nframes: int | None = None,
-               max_frames: int | None = None, min_pixels=None, max_pixels=None, total_pixels=None) -> Video:
+               max_frames: int | None = None, min_pixels=None, max_pixels=None, total_pixels=None,
+               progress=None) -> Video:
     """Decode, sample and preprocess a video file like the family's qwen-vl-utils + HF processor.
     Samples at `fps` (frames per second of video) unless `nframes` is given, which then wins. A None flag takes the
-    family's default: fps 2, max_frames 768, pixel limits per frame and per video of video_pixel_limits."""
+    family's default: fps 2, max_frames 768, pixel limits per frame and per video of video_pixel_limits.
+    progress(done, total): frames decoded so far, of 2 x the frame count (every frame is decoded twice); total is None
+    while the first pass counts them."""
+    progress = progress or (lambda done, total: None)
     fam = get_family(family)
     fps = fam.fps if fps is None else fps
     max_frames = fam.max_frames if max_frames is None else max_frames
@@ -258,7 +262,7 @@ def load_video(path, family="qwen2_5_vl", fps: float | None = None, nframes: int
 
     # Pass 1: count decoded frames (torchvision's `total`) and collect frame sizes, converting nothing.
     sizes = set()
-    total, video_fps = _decode(path, lambda i, f: sizes.add((f.height, f.width)))
+    total, video_fps = _decode(path, lambda i, f: (sizes.add((f.height, f.width)), progress(i + 1, None)))
     if total == 0:
         raise VideoError(f"no decodable video frames in {path}")
     if len(sizes) > 1:                                             # torchvision could not stack these either
@@ -277,6 +281,7 @@ def load_video(path, family="qwen2_5_vl", fps: float | None = None, nframes: int
 
     def keep(i, frame):
         nonlocal next_pick
+        progress(total + i + 1, 2 * total)
         if next_pick < n and idx[next_pick] == i:
             small = _resize(frame.to_ndarray(format="rgb24"), hb, wb)  # [3, hb, wb] uint8
             while next_pick < n and idx[next_pick] == i:              # a repeated index reuses the frame

@@ -323,8 +323,10 @@ def peak_memory_bytes(model):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # process peak RSS (Linux reports KiB)
 
 
-def resolve_model(name):
-    """A local directory, else the local Hugging Face cache, else a download through huggingface_hub if installed."""
+def resolve_model(name, weights=True):
+    """A local directory, else the local Hugging Face cache, else a download through huggingface_hub if installed (its
+    own progress bars on stderr). weights=False: the small files only (config, index, tokenizer), enough to check the
+    request and the memory before a download of many GB."""
     if os.path.isdir(name):
         return name
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
@@ -339,17 +341,26 @@ def resolve_model(name):
             return os.path.join(snaps, found[-1])
         raise M.ModelError(f"{name} is not a local directory nor in the Hugging Face cache; pip install huggingface_hub "
                            f"to download it, or pass --model /path/to/a/downloaded/checkpoint") from None
-    patterns = ["*.json", "*.safetensors", "*.txt"]
-    try:
-        return huggingface_hub.snapshot_download(name, allow_patterns=patterns, local_files_only=True)
+    patterns = ["*.json", "*.jinja", "*.txt"] + (["*.safetensors"] if weights else [])  # (*.jinja: a chat template)
+    try:  # (a cached snapshot is returned whole or not: the small files alone may be all there is of it)
+        local = huggingface_hub.snapshot_download(name, allow_patterns=patterns, local_files_only=True)
+        if not weights or has_weights(local):
+            return local
     except Exception:
         pass
     try:
-        print(f"downloading {name} from the Hugging Face Hub ...", file=sys.stderr)
+        print(f"downloading {name}{' (weights)' if weights else ''} from the Hugging Face Hub ...", file=sys.stderr)
         return huggingface_hub.snapshot_download(name, allow_patterns=patterns)
     except Exception as e:
         raise M.ModelError(f"cannot get {name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
                            f"pass --model /path/to/a/downloaded/checkpoint") from None
+
+
+def has_weights(model_dir):
+    try:
+        return bool(M.weight_files(model_dir))
+    except M.ModelError:
+        return False
 
 
 def add_args(p):
@@ -660,20 +671,76 @@ def plot(runs):
     return buf.getvalue()
 
 
+def check_positions(last, new_tokens, max_positions):
+    """The answer must stay within the positions the checkpoint was trained for (max_position_embeddings): the prompt
+    ends at position `last`, the n-th new token is fed at last + n, and the last one is never fed."""
+    if last >= max_positions:
+        raise UsageError(f"the prompt ends at position {last}, past this checkpoint's {max_positions} positions "
+                         f"(max_position_embeddings): fewer or smaller frames (--max-frames, --fps, --max-pixels)")
+    if last + new_tokens > max_positions:
+        raise UsageError(f"argument --max-new-tokens: invalid value {new_tokens} (the prompt ends at position {last} of "
+                         f"this checkpoint's {max_positions} (max_position_embeddings): at most {max_positions - last})")
+
+
+# A step that ends within this many seconds shows no progress (the common case: a short clip, a cached small model);
+# time, not a file's length, because what is slow differs (a 4K HEVC file decodes far slower per second than 240p).
+PROGRESS_AFTER = 2.0
+
+
+class Progress:
+    """A long step's progress on stderr, as a callback (done, total or None): nothing before PROGRESS_AFTER seconds;
+    then on a terminal one line rewritten in place, elsewhere (a log) a line at most every `every` seconds, and the
+    last. A context manager: the in-place line is ended however the step ends. quiet: a callback that does nothing."""
+
+    def __init__(self, what, unit, every=5.0, quiet=False, stream=None):
+        self.what, self.unit, self.every, self.quiet = what, unit, every, quiet
+        self.stream = stream or sys.stderr
+        self.t0, self.last, self.tty = time.perf_counter(), None, self.stream.isatty()
+
+    def __call__(self, done, total=None):
+        now = time.perf_counter()
+        if self.quiet or now - self.t0 < PROGRESS_AFTER:
+            return
+        if self.last is not None and now - self.last < (0.1 if self.tty else self.every) and done != total:
+            return
+        self.last = now
+        text = f"{self.what}: {done}{'' if total is None else f'/{total}'} {self.unit}"
+        self.stream.write(f"\r{text}\033[K" if self.tty else text + "\n")
+        self.stream.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.tty and self.last is not None:
+            self.stream.write("\n")
+
+
 def run(a):
     to_stdout = any(std_stream(getattr(a, k)) == "stdout" for k in OUTPUTS)
     out = None if a.quiet else sys.stderr if to_stdout else sys.stdout
     say = (lambda *x: print(*x, file=out, flush=True)) if out else (lambda *x: None)
     dev, dtype = M.pick_device_dtype(a.device, a.dtype)
-    model_dir = resolve_model(a.model)
-    family = M.model_type(model_dir)  # the video's preprocessing and the prompt are the family's
+    device_map = None if a.device_map == "none" else a.device_map
+    model_dir = resolve_model(a.model, weights=False)
+    # The model's skeleton: config.json read and checked, shapes and prompt, no storage (what the request is checked
+    # against below, before a weight is downloaded or read)
+    skeleton = M.skeleton(model_dir)
+    family = skeleton.c.model_type  # the video's preprocessing and the prompt are the family's
     t0 = time.perf_counter()
-    video = V.load_video(a.video, family, fps=a.fps, nframes=a.nframes, max_frames=a.max_frames,
-                         min_pixels=a.min_pixels, max_pixels=a.max_pixels, total_pixels=a.total_pixels)
+    with Progress("reading video (2 passes)", "frames", quiet=a.quiet) as bar:
+        video = V.load_video(a.video, family, fps=a.fps, nframes=a.nframes, max_frames=a.max_frames, min_pixels=a.min_pixels,
+                             max_pixels=a.max_pixels, total_pixels=a.total_pixels, progress=bar)
     t_video = time.perf_counter() - t0
     tok = V.load_tokenizer(model_dir)
+    # The exact prompt, from the skeleton: does the request fit the checkpoint's positions and the machine's memory?
+    ids, pos = skeleton.prompt(tok, a.q, video, a.system)
+    check_positions(int(pos.max()), a.max_new_tokens, skeleton.c.max_positions)
+    M.check_memory(skeleton, dev, dtype, device_map, len(ids), a.max_new_tokens)
+    model_dir = resolve_model(a.model)
     t0 = time.perf_counter()
-    model = M.load_model(model_dir, dev, dtype, None if a.device_map == "none" else a.device_map)
+    with Progress("loading weights", "shards", every=0, quiet=a.quiet) as bar:
+        model = M.load_model(model_dir, dev, dtype, device_map, progress=bar)
     t_load = time.perf_counter() - t0
     stop_ids = {tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")} - {None}
     s = Settings.from_args(a)

@@ -1,8 +1,10 @@
 """The CLI end to end on a tiny checkpoint and synthetic clips, and every bad input: one line on stderr, exit 2,
 no traceback, no JSON file left behind."""
 import errno
+import io
 import json
 import os
+import re
 import shlex
 import shutil
 import stat
@@ -11,6 +13,7 @@ import sys
 import threading
 
 import pytest
+import torch
 from clips import write_audio_only, write_clip, write_empty_video
 from conftest import ROOT
 
@@ -332,6 +335,120 @@ def test_bad_model_dir(case, family, model_dirs, clip, tmp_path, capsys):
     message = message.format(d=d, t="text_config." if family == Q3 else "", fam=fam.name, patch=fam.patch)
     err = _bad(capsys, tmp_path, ["--video", clip, "--q", "x", "--model", str(d), *SMALL])
     assert err.startswith(f"vreason: error: {message[:-3]}") if message.endswith("...") else err == f"vreason: error: {message}"
+
+
+# ----------------------------------------------------------------------------- the request against the checkpoint and the machine
+
+def _free(monkeypatch, gb):  # every device reports this much free memory
+    monkeypatch.setattr(R.M, "free_memory", lambda dev: gb * 1e9)
+
+
+@pytest.mark.parametrize("family", [Q25, Q3])
+def test_memory_fits_or_stops_before_loading(family, model_dirs, clip, tmp_path, capsys, monkeypatch):
+    """The same request with room to spare runs; with less free than it needs in float32 but enough in bfloat16 it
+    stops before a weight is read, naming the need, what is free, and the ways out; with less still, bfloat16 does
+    not fit either and the line says so."""
+    d, cpu = model_dirs[family], torch.device("cpu")
+    argv = ["--video", clip, "--q", "x", "--model", d, "--device", "cpu", *SMALL]
+    _free(monkeypatch, 1000)
+    assert R.main([*argv, "--quiet"]) == 0
+    loads = []
+    monkeypatch.setattr(R.M, "load_model", lambda *a, **k: loads.append(a))
+    skeleton = R.M.skeleton(d)
+    prompt = len(skeleton.prompt(R.V.load_tokenizer(d), "x", R.V.load_video(clip, family, min_pixels=3136, max_pixels=12544))[0])
+    full, half = (R.M.memory_need(skeleton, cpu, dt, None, prompt, 8)[cpu] for dt in (torch.float32, torch.bfloat16))
+    gb = lambda n: f"{n / 1e9:.1f}"
+    for free, fits in ((sum(half) / 1e9 + 0.001, ": fits"), (sum(half) / 1e9 - 0.001, "")):
+        _free(monkeypatch, free)
+        err = _bad(capsys, tmp_path, argv)
+        assert err == (f"vreason: error: not enough memory on cpu: float32 weights {gb(full[0])} GB + KV cache {gb(full[1])} GB"
+                       f" + margin {gb(full[2])} GB = {gb(sum(full))} GB, {gb(free * 1e9)} GB free; options: --dtype bfloat16 "
+                       f"(needs {gb(sum(half))} GB{fits}), a smaller checkpoint (e.g. --model Qwen/Qwen3-VL-2B-Instruct), "
+                       f"--device-map auto on several GPUs")
+    assert not loads
+
+
+def test_readme_command_on_a_24gb_cpu_machine(tmp_path, qwen_tokenizer_json, capsys, monkeypatch):
+    """The README's main command as written (--model Qwen/Qwen2.5-VL-7B-Instruct, float32: the CPU default) on a CPU
+    machine with 24 GB (22 GB available): the Hub is asked for the config and tokenizer only, and the run stops
+    before the weights' download, saying what to pass; with --dtype bfloat16 it goes on to fetch the weights."""
+    small = tmp_path / "hub"
+    small.mkdir()
+    shutil.copy(os.path.join(ROOT, "tests", "data", "qwen2.5-vl-7b-instruct.config.json"), small / "config.json")
+    shutil.copy(qwen_tokenizer_json, small / "tokenizer.json")
+    asked = []
+
+    def snapshot_download(name, allow_patterns, local_files_only=False):  # a Hub that has the small files cached
+        asked.append((name, "*.safetensors" in allow_patterns))
+        if "*.safetensors" in allow_patterns and not local_files_only:
+            raise OSError("offline")
+        return str(small)
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", type(sys)("huggingface_hub"))
+    monkeypatch.setattr(sys.modules["huggingface_hub"], "snapshot_download", snapshot_download, raising=False)
+    monkeypatch.setattr(R.torch.cuda, "is_available", lambda: False)
+    _free(monkeypatch, 22)
+    line = next(x for x in open(os.path.join(ROOT, "README.md")) if x.lstrip().startswith("python vreason.py --video"))
+    argv = shlex.split(line.split("python vreason.py", 1)[1])
+    monkeypatch.chdir(ROOT)
+    err = _bad(capsys, tmp_path, argv)
+    assert err == ("vreason: error: not enough memory on cpu: float32 weights 33.2 GB + KV cache 0.2 GB + margin 2.7 GB = "
+                   "36.1 GB, 22.0 GB free; options: --dtype bfloat16 (needs 18.3 GB: fits), a smaller checkpoint (e.g. "
+                   "--model Qwen/Qwen3-VL-2B-Instruct), --device-map auto on several GPUs")
+    assert asked == [("Qwen/Qwen2.5-VL-7B-Instruct", False)]  # nothing of the 16 GB of weights was asked for
+    assert R.main([*argv, "--dtype", "bfloat16"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "downloading Qwen/Qwen2.5-VL-7B-Instruct (weights) from the Hugging Face Hub ...",
+        "vreason: error: cannot get Qwen/Qwen2.5-VL-7B-Instruct: OSError: offline; pass --model /path/to/a/downloaded/checkpoint"]
+    assert [w for _, w in asked] == [False, False, True, True]  # the cache first, then the download
+
+
+def test_answer_past_the_checkpoint_positions(model_dir, clip, tmp_path, capsys):
+    """The prompt's last position + --max-new-tokens beyond max_position_embeddings (32768 for the tiny checkpoint)
+    stops before a weight is read; a prompt that alone goes past them too."""
+    argv = ["--video", clip, "--q", "x", "--model", model_dir, *SMALL]
+    err = _bad(capsys, tmp_path, [*argv, "--max-new-tokens", "32760"])
+    assert err == ("vreason: error: argument --max-new-tokens: invalid value 32760 (the prompt ends at position 26 of this "
+                   "checkpoint's 32768 (max_position_embeddings): at most 32742)")
+    d = _copy(model_dir, tmp_path)
+    _set_config(d, max_position_embeddings=20)
+    err = _bad(capsys, tmp_path, ["--video", clip, "--q", "x", "--model", str(d), *SMALL])
+    assert err == ("vreason: error: the prompt ends at position 26, past this checkpoint's 20 positions "
+                   "(max_position_embeddings): fewer or smaller frames (--max-frames, --fps, --max-pixels)")
+    R.check_positions(26, 32742, 32768)  # the last new token fed at 32767: the last position there is
+
+
+@pytest.mark.parametrize("family", [Q25, Q3])
+def test_progress_and_where_the_time_went(family, model_dirs, clip, capsys, monkeypatch):
+    """Steps past PROGRESS_AFTER seconds show progress on stderr (here every step: 0 s): a line per shard while loading,
+    and lines while the video decodes (off a terminal, at most one every 5 s, and the last); the header and the stats
+    line say where the time went, for both families."""
+    monkeypatch.setattr(R, "PROGRESS_AFTER", 0)
+    assert R.main(["--video", clip, "--q", "x", "--model", model_dirs[family], *SMALL]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == ["reading video (2 passes): 1 frames", "reading video (2 passes): 48/48 frames",
+                                "loading weights: 1/3 shards", "loading weights: 2/3 shards", "loading weights: 3/3 shards"]
+    assert re.search(r"\| video read \d+\.\d\ds, model load \d+\.\d\ds, vision \d+\.\d\ds\n", out), out
+    assert re.search(r"-- baseline: 8 tokens \| prefill \d+\.\d\ds decode \d+\.\d\ds \(", out), out
+
+
+def test_progress_on_a_terminal():
+    """On a terminal: one line rewritten in place (at most 10 times a second), ended when the step ends."""
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    with R.Progress("loading weights", "shards", stream=tty) as bar:
+        bar.t0 -= R.PROGRESS_AFTER  # as if the step had run that long
+        for i in range(1, 4):
+            bar(i, 3)
+            bar.last -= 1  # as if a second passed before the next shard
+    assert tty.getvalue() == "".join(f"\rloading weights: {i}/3 shards\033[K" for i in range(1, 4)) + "\n"
+    quick = Tty()
+    with R.Progress("reading video", "frames", stream=quick) as bar:
+        bar(1, None)
+    assert quick.getvalue() == ""  # a step within PROGRESS_AFTER shows nothing
 
 
 # Every flag class: argparse's own errors, then each range rule of check_args (NaN and infinities included), before

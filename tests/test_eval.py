@@ -405,3 +405,22 @@ def test_failed_writes_keep_the_records(bench, model_dir, fake, tmp_path, capsys
     fake["generate"].clear()
     assert E.main(args(bench, out, "--model", model_dir)) == 0
     assert fake["generate"] == [] and json.loads((out / "summary.json").read_text())["columns"]
+
+
+def test_memory_is_checked_before_loading(bench, model_dir, fake, tmp_path, capsys, monkeypatch):
+    """Before the model loads, the weights, the KV cache of the longest prompt the flags allow (a bound: no video is
+    read yet) and the margin are held against the free memory: too little stops the run with one line; with enough it
+    runs, and no prompt it meets is longer than the bound."""
+    import model as M
+
+    bounds, check = [], M.check_memory
+    monkeypatch.setattr(M, "check_memory", lambda *a: bounds.append(a[4]) or check(*a))
+    monkeypatch.setattr(M, "free_memory", lambda dev: 1e6)
+    assert E.main(args(bench, tmp_path / "out", "--model", model_dir)) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("eval: error: not enough memory on cpu: float32 weights 0.1 GB + KV cache 0.0 GB + margin 0.6 GB")
+    monkeypatch.setattr(M, "free_memory", lambda dev: 1e12)
+    assert E.main(args(bench, tmp_path / "out", "--model", model_dir, "--modes", "baseline")) == 0
+    question = max(len(fake["tok"].encode(E.question(x)).ids) for xs in ENTRIES.values() for x in xs)
+    assert bounds == [8 * 12544 // 28**2 + question + 64] * 2  # 16 frames (eval's default) of 12544 pixels, in pairs
+    assert max(len(ids) for *_, ids, _ in fake["generate"]) <= bounds[0]

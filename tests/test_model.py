@@ -1,6 +1,8 @@
 """model.py against the oracle, transformers 4.51.3, on tiny random checkpoints in float32."""
 import json
+import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -220,3 +222,45 @@ def test_split_model_runs(pair, ckpt):
     px = pixels(grid)
     for x, y in zip(run_ours(split, ids, grid, 1.0, px, 2), run_ours(ours, ids, grid, 1.0, px, 2)):
         assert torch.equal(x, y)
+
+
+# ----------------------------------------------------------------------------- memory, before loading
+
+def _stored_parameters(d):
+    """Parameters a checkpoint holds, read from its safetensors headers: a tied head's stored copy (if any) is the
+    embedding again, counted once."""
+    from safetensors import safe_open
+
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    tied = cfg.get("text_config", cfg).get("tie_word_embeddings", cfg.get("tie_word_embeddings"))
+    n = 0
+    for f in M.weight_files(d):
+        with safe_open(f, "pt") as s:
+            n += sum(math.prod(s.get_slice(k).get_shape()) for k in s.keys() if not (tied and k.endswith("lm_head.weight")))
+    return n
+
+
+@pytest.mark.parametrize("which", ["untied, sharded", "tied, one file", "qwen3 untied", "qwen3 tied"])
+def test_memory_need_counts_the_checkpoint(which, ckpt, ckpt_tied, qwen3):
+    """The weights' bytes are exact (the checkpoint's own parameter count, a tied head once, at the chosen dtype), and
+    the KV cache's are what new_cache allocates for the request."""
+    d = {"untied, sharded": ckpt, "tied, one file": ckpt_tied, "qwen3 untied": qwen3["dir"]["untied"],
+         "qwen3 tied": qwen3["dir"]["tied"]}[which]
+    skeleton, cpu = M.skeleton(d), torch.device("cpu")
+    for dtype in (torch.float32, torch.bfloat16):
+        need = M.memory_need(skeleton, cpu, dtype, None, prompt_tokens=300, new_tokens=50)
+        assert list(need) == [cpu] and need[cpu][0] == _stored_parameters(d) * dtype.itemsize
+    cache = M.load_model(d).new_cache(350)
+    assert need[cpu][1] * 2 == sum(t.nbytes for t in cache.k + cache.v)  # (need is bf16's, the model fp32)
+
+
+def test_memory_need_of_the_7b(tmp_path):
+    """Qwen2.5-VL-7B from its config alone: 8,292,166,656 parameters (HF's published 8.292B), 33.2 GB in float32;
+    with --device-map over two devices each holds its layers' weights and KV cache."""
+    shutil.copy(os.path.join(os.path.dirname(__file__), "data", "qwen2.5-vl-7b-instruct.config.json"), tmp_path / "config.json")
+    skeleton = M.skeleton(str(tmp_path))
+    assert sum(p.numel() for p in skeleton.parameters()) == 8_292_166_656
+    need = M.memory_need(skeleton, torch.device("cpu"), torch.float32, None, 1000, 1000)[torch.device("cpu")]
+    assert need[0] == 4 * 8_292_166_656 and need[1] == 28 * 2 * 4 * 128 * 2000 * 4
+    split = M.memory_need(skeleton, "cpu", torch.bfloat16, [torch.device("meta"), torch.device("cpu")], 1000, 1000)
+    assert sum(w for w, _, _ in split.values()) == 2 * 8_292_166_656 and [kv for _, kv, _ in split.values()] == [need[1] // 4] * 2
