@@ -814,6 +814,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("\nvreason: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `vreason.py ... | head -1`: the reader is gone. Stop quietly, as a C tool killed by
+        # SIGPIPE does (exit 128 + 13); stdout goes to /dev/null so that the interpreter's last flush cannot fail too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

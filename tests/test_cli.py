@@ -451,6 +451,16 @@ def test_progress_on_a_terminal():
     assert quick.getvalue() == ""  # a step within PROGRESS_AFTER shows nothing
 
 
+def test_broken_pipe_exits_quietly(model_dir, clip):
+    """`python vreason.py ... | head -1`: the reader gone, the run stops without a traceback, with the status of a
+    program killed by SIGPIPE (141). Here the reader is gone before the first line."""
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "vreason.py"), "--video", clip, "--q", "x", "--model", model_dir,
+                          *SMALL], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=300) == 141 and err == "", err
+
+
 # Every flag class: argparse's own errors, then each range rule of check_args (NaN and infinities included), before
 # anything is loaded. The expected line is exact; "..." ends a prefix (argparse quotes choices differently by version).
 BAD_FLAGS = {
