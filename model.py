@@ -737,11 +737,14 @@ def memory_need(model, device, dtype, device_map=None, prompt_tokens=0, new_toke
     kv: n_layers x 2 (K, V) x kv heads x head_dim x (prompt + new tokens) x bytes, each layer's on its device.
     margin, for activations and the rest: the larger of two moments that never overlap, plus SLACK. While loading,
     one checkpoint tensor is in flight: at most the largest parameter, at the checkpoint's dtype or ours, whichever is
-    wider. While running, the prefill holds, in the layer it is in, for every prompt token: the residual D, q|k|v
-    (H + 2 Hkv) d, and in the MLP gate|up 2I, silu(gate) I and their product I (attention is flash or memory-efficient:
-    O(S)). The vision tower, done before the prefill, holds no more per video token, counted the same way (7B: 75k
-    values against 84k; Qwen3-VL-8B: 58k against 59k), and the video tokens are a part of the prompt. Meant to err
-    high: refusing a run that would just have fit costs a flag, an OOM kill costs the run."""
+    wider. While running, the prefill's activations, per prompt token: in the MLP gate|up 2I, silu(gate) I and their
+    product I; q|k|v (H + 2 Hkv) d; and 6 D (the residual, the embedding and its copy with the video features in, the
+    video features themselves, RMSNorm's float32 temporaries), plus a D per DeepStack feature (Qwen3-VL). Attention
+    is flash or memory-efficient: O(S). On an H200 (bf16, random weights, prompts of 9k and 28k tokens) the prefill
+    held 104k values a token for Qwen2.5-VL-7B (this count: 102k) and 93k for Qwen3-VL-8B (92k); the vision tower,
+    done before it, 79k and 86k per video token. Twice that, as CUDA's caching allocator reserved up to 1.56 x the
+    live activations there. Meant to err high: refusing a run that would just have fit costs a flag, an OOM kill
+    costs the run."""
     c, size, need = model.c, dtype.itemsize, {}
     for name, p in model.named_parameters():
         need.setdefault(torch.device(placement(name, c, device, device_map)), [0, 0, 0])[0] += p.numel() * size
@@ -751,8 +754,9 @@ def memory_need(model, device, dtype, device_map=None, prompt_tokens=0, new_toke
     stored = getattr(torch, c.torch_dtype, None)  # the checkpoint's dtype, as config.json states it
     wider = max(size, stored.itemsize if isinstance(stored, torch.dtype) else 0)
     in_flight = max(p.numel() for p in model.parameters()) * wider
-    per_token = c.hidden_size + (c.n_heads + 2 * c.n_kv_heads) * c.head_dim + 4 * c.intermediate_size
-    margin = max(in_flight, prompt_tokens * per_token * size) + SLACK
+    per_token = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim + 4 * c.intermediate_size + \
+        (6 + len(getattr(c, "deepstack", ()))) * c.hidden_size
+    margin = max(in_flight, 2 * prompt_tokens * per_token * size) + SLACK
     for parts in need.values():
         parts[2] = margin
     return need
