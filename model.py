@@ -157,7 +157,8 @@ class TextConfig:
         for key in ("image_token_id", "video_token_id", "vision_start_token_id"):
             if getattr(self, key) >= self.vocab_size:
                 raise ModelError(f"{path}: {key} {getattr(self, key)} is outside the vocabulary ({self.vocab_size})")
-        if self.v_hidden % self.v_heads or self.v_hidden // self.v_heads % 4:  # 2D rotary: a quarter per axis and half
+        # the vision rotary turns a quarter of each head with the patch's row, a quarter with its column
+        if self.v_hidden % self.v_heads or self.v_hidden // self.v_heads % 4:
             raise ModelError(f"{path}: vision_config.hidden_size {self.v_hidden} is not num_heads {self.v_heads} x a "
                              f"head size divisible by 4")
         # video.py cuts frames into patches with the family's constants, not the config's: they must agree
@@ -671,7 +672,7 @@ def family(model_dir):  # the family's module (qwen25vl or qwen3vl), imported on
 
 def skeleton(model_dir):
     """The family's model on the meta device: its config (read and checked), its shapes and its prompt (Thinking or
-    not), no storage. What load_model fills, and what memory_need and a prompt's length are known from before."""
+    not), no storage. load_model fills it; before that, it tells the prompt's length and positions and memory_need."""
     fam = family(model_dir)
     c = fam.Config.from_json(os.path.join(model_dir, "config.json"))
     with torch.device("meta"):

@@ -410,7 +410,7 @@ def test_plot_without_matplotlib(model_dir, clip, tmp_path, capsys, monkeypatch)
 def test_ctrl_c_leaves_no_file(model_dir, clip, tmp_path):  # noqa: F811
     outs = [tmp_path / "r.json", tmp_path / "t.jsonl", tmp_path / "p.png"]
     p = subprocess.Popen([sys.executable, "-u", os.path.join(ROOT, "vreason.py"), "--video", clip, "--q", "x", "--model", model_dir,
-                          "--mode", "vreason", "--max-new-tokens", "100000", "--min-pixels", "3136", "--max-pixels", "12544",
+                          "--mode", "vreason", "--max-new-tokens", "30000", "--min-pixels", "3136", "--max-pixels", "12544",
                           "--json", str(outs[0]), "--trace", str(outs[1]), "--plot", str(outs[2])],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          # a shell's background job inherits SIGINT ignored, and so would the CLI: be a terminal's Ctrl-C
