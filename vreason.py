@@ -386,6 +386,8 @@ def add_args(p):
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step (CUDA graphs on a GPU); the first tokens wait for the compile")
     g.add_argument("--device-map", default="none", choices=["none", "auto"],
                    help="auto: split the decoder layers over all visible GPUs (32B / 72B)")
 
@@ -422,6 +424,16 @@ def check_args(a):
             raise UsageError(f"argument {flag}: invalid value {getattr(a, flag[2:].replace('-', '_'))} (must be {want})")
     if a.min_pixels is not None and a.max_pixels is not None and a.min_pixels > a.max_pixels:
         raise UsageError(f"--min-pixels {a.min_pixels} is above --max-pixels {a.max_pixels}")
+    check_runtime(a)
+
+
+def check_runtime(a):
+    """Device, dtype and placement flags that cannot work together."""
+    if a.dtype == "float16":  # refused rather than run to a wrong answer
+        raise UsageError("--dtype float16 is not supported: Qwen2/2.5 activations overflow in float16 (NaN or '!!!!' "
+                         "output) and V-Reason's gradients underflow; use bfloat16 (the CUDA default) or float32")
+    if a.device_map != "none" and a.device not in ("auto", "cuda"):
+        raise UsageError(f"--device-map {a.device_map} splits the model over CUDA GPUs; it cannot run on --device {a.device}")
 
 
 def parse_args(argv):
@@ -674,6 +686,8 @@ def run(a):
     tok = V.load_tokenizer(model_dir)
     t0 = time.perf_counter()
     model = M.load_model(model_dir, dev, dtype, None if a.device_map == "none" else a.device_map)
+    if a.compile:
+        model.compile_decode()
     t_load = time.perf_counter() - t0
     stop_ids = {tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")} - {None}
     s = Settings.from_args(a)
