@@ -14,7 +14,6 @@ import math
 import os
 from dataclasses import dataclass
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -231,6 +230,8 @@ def group_frames(video: Video) -> np.ndarray:
 def _decode(path: str, on_frame) -> tuple[int, float]:
     """Decode every frame of the first video stream in order, calling on_frame(i, frame). -> (count, avg fps).
     Every PyAV/FFmpeg failure becomes a one-line VideoError."""
+    import av  # here, not at the top: the model and the prompt need no decoder (device_check.py runs where PyAV is absent)
+
     try:
         with av.open(path) as container:
             if not container.streams.video:
