@@ -216,7 +216,8 @@ def prune(cache, rows, ratio, policy):
         for X in (K, Vl):
             X[:, lo : lo + len(src)] = X[:, src]
         kept.append(is_kept.cpu())
-        new_rows = (alive.cumsum(0) - 1)[rows.to(Vl.device)][is_kept]  # where the kept video rows of this layer went
+        new_rows = (alive.cumsum(0) - 1)[rows.to(Vl.device)][is_kept]  # where this layer's kept video rows went: the
+    # last layer's are returned (the controller's rows)
     cache.length = T - (n - keep)
     return new_rows, torch.stack(kept)
 
