@@ -211,7 +211,7 @@ def cli(dev, tmp, dtype):
                             "--device", dev.type, "--dtype", str(dtype).replace("torch.", ""), "--json", j, "--quiet", *extra],
                            capture_output=True, text=True, timeout=300)
         rec = json.load(open(j)) if r.returncode == 0 else {}
-        out[mode + "".join(extra)] = {"rc": r.returncode, "tokens": len(rec.get("token_ids", [])), "err": r.stderr.strip()[-300:],
+        out[" ".join([mode, *extra])] = {"rc": r.returncode, "tokens": len(rec.get("token_ids", [])), "err": r.stderr.strip()[-300:],
                                       "updates": rec.get("vreason", {}).get("updates")}
     return out
 
