@@ -1,7 +1,10 @@
-"""Speed and memory side by side (issue #5): our Qwen2.5-VL (model.py + vreason.generate) against transformers on the
-same random-weight checkpoints, and V-Reason / Lite against our baseline. transformers is a bench-only dependency.
+"""Speed and memory side by side (issues #5, #9): our model (model.py + vreason.generate) against transformers on the
+same random-weight checkpoints, and V-Reason / Lite against our baseline, for both families (Qwen2.5-VL, Qwen3-VL; the
+shape picks the family). transformers is a bench-only dependency: 4.51 for the Qwen2.5-VL shapes, 4.57 (the Qwen3-VL
+oracle venv) for the q3-* shapes, which need its Qwen3-VL classes.
 
     python bench.py                                  # 3b-slim, 7b-narrow, small; CPU fp32; about 15 minutes on 2 cores
+    .venv-oracle3/bin/python bench.py --shape q3-4b-slim   # Qwen3-VL-4B's layer width, 4 of 36 layers
     python bench.py --shape 3b --ours-only --new-tokens 17 --video-grid 2 16 16   # V-Reason on the real 3B (15 GB RAM)
     python bench.py --shape 7b --device cuda --dtype bfloat16
     python bench.py --smoke --json /tmp/bench.json   # tiny shapes, 1 run (CI: checks the script, not the speed)
@@ -13,6 +16,7 @@ time per token is taken between the first and the last generated token (prefill 
 import argparse
 import datetime
 import gc
+import inspect
 import json
 import os
 import platform
@@ -26,30 +30,65 @@ import torch
 
 import model as M
 import qwen25vl as Q25
+import qwen3vl as Q3
 import video as V
 import vreason as R
 
 IM_START, IM_END, ENDOFTEXT, VSTART, VEND, VPAD = 151644, 151645, 151643, 151652, 151653, 151656
-HEAD = [IM_START, 8948, 198, 2610, 525, 264, 10950, 17847, 13, IM_END, 198, IM_START, 872, 198, VSTART]
-TAIL = [VEND, 3838, 8573, 1283, 279, 4935, 374, 14989, 30, IM_END, 198, IM_START, 77091, 198]
-VISION = (1280, 16, 3420)  # the real vision tower width, heads, intermediate (all Qwen2.5-VL sizes)
-# name: LM (hidden, layers, heads, kv heads, intermediate, vocab, tied), vision (depth, width, heads, intermediate)
+QUESTION = [3838, 8573, 1283, 279, 4935, 374, 14989, 30]  # "What happens after the ball is thrown?"
+ASSISTANT = [IM_END, 198, IM_START, 77091, 198]
+Q25_HEAD = [IM_START, 8948, 198, 2610, 525, 264, 10950, 17847, 13, IM_END, 198, IM_START, 872, 198]  # system + user
+Q3_HEAD = [IM_START, 872, 198]  # Qwen3-VL has no default system message
+QWEN25, QWEN3 = "qwen2_5_vl", "qwen3_vl"  # config.json model_type
+VISION = {QWEN25: (1280, 16, 3420), QWEN3: (1024, 16, 4096)}  # the real vision width, heads, intermediate
+# name: family (config.json model_type), LM (hidden, layers, heads, kv heads, head dim, intermediate, vocab, tied),
+# vision (depth, width, heads, intermediate). Qwen3-VL-4B's sizes are its official config.json's.
 SHAPES = {
-    "3b-slim": ((2048, 4, 16, 2, 11008, 151936, True), (2, *VISION)),  # the 3B layout, 4 of its 36 layers
-    "7b-narrow": ((1792, 2, 14, 2, 9472, 152064, False), (2, *VISION)),  # 7B proportions at half width, 2 of 28 layers
-    "small": ((512, 3, 4, 2, 2752, 151936, True), (2, *VISION)),
-    "3b": ((2048, 36, 16, 2, 11008, 151936, True), (32, *VISION)),  # the real sizes
-    "7b": ((3584, 28, 28, 4, 18944, 152064, False), (32, *VISION)),
-    "tiny": ((128, 2, 1, 1, 256, 151936, True), (2, 64, 4, 96)),  # --smoke
-    "tiny-gqa": ((256, 2, 2, 1, 512, 152064, False), (2, 64, 4, 96)),
+    "3b-slim": (QWEN25, (2048, 4, 16, 2, 128, 11008, 151936, True), (2, *VISION[QWEN25])),  # the 3B, 4 of its 36 layers
+    "7b-narrow": (QWEN25, (1792, 2, 14, 2, 128, 9472, 152064, False), (2, *VISION[QWEN25])),  # 7B at half width, 2 of 28
+    "small": (QWEN25, (512, 3, 4, 2, 128, 2752, 151936, True), (2, *VISION[QWEN25])),
+    "3b": (QWEN25, (2048, 36, 16, 2, 128, 11008, 151936, True), (32, *VISION[QWEN25])),  # the real sizes
+    "7b": (QWEN25, (3584, 28, 28, 4, 128, 18944, 152064, False), (32, *VISION[QWEN25])),
+    "tiny": (QWEN25, (128, 2, 1, 1, 128, 256, 151936, True), (2, 64, 4, 96)),  # --smoke
+    "tiny-gqa": (QWEN25, (256, 2, 2, 1, 128, 512, 152064, False), (2, 64, 4, 96)),
+    # Qwen3-VL-4B's layer (32 q heads x 128 > hidden 2560, 8 kv heads, q/k norms, no bias), 4 of its 36 layers; 3 of 24
+    # vision blocks, each a DeepStack source, so that all three DeepStack mergers and injections run
+    "q3-4b-slim": (QWEN3, (2560, 4, 32, 8, 128, 9728, 151936, True), (3, *VISION[QWEN3])),
+    "q3-4b": (QWEN3, (2560, 36, 32, 8, 128, 9728, 151936, True), (24, *VISION[QWEN3])),  # the real sizes
+    "q3-tiny": (QWEN3, (128, 2, 2, 1, 128, 256, 151936, True), (2, 64, 4, 96)),  # --smoke --shape q3-tiny
 }
+HF_CLASS = {QWEN25: "Qwen2_5_VLForConditionalGeneration", QWEN3: "Qwen3VLForConditionalGeneration"}
+VENV = {QWEN25: ".venv/bin/python (transformers 4.51, requirements-test.txt)",  # where each family's reference is
+        QWEN3: "the Qwen3-VL oracle venv, .venv-oracle3/bin/python (transformers 4.57, requirements-oracle3.txt)"}
 med = statistics.median
 
 
+def hf_class(family):
+    """transformers' class for a family, or None when the running transformers lacks it."""
+    import transformers
+
+    return getattr(transformers, HF_CLASS[family], None)
+
+
 def hf_config(name, std):
+    family, (D, L, H, KV, d, I, vocab, tied), (vd, vw, vh, vi) = SHAPES[name]
+    tokens = dict(image_token_id=151655, video_token_id=VPAD, vision_start_token_id=VSTART, vision_end_token_id=VEND)
+    if family == QWEN3:
+        from transformers import Qwen3VLConfig
+
+        return Qwen3VLConfig(
+            text_config=dict(vocab_size=vocab, hidden_size=D, intermediate_size=I, num_hidden_layers=L,
+                             num_attention_heads=H, num_key_value_heads=KV, head_dim=d, rms_norm_eps=1e-6,
+                             rope_theta=5e6, max_position_embeddings=262144, initializer_range=std,
+                             rope_scaling=dict(rope_type="default", mrope_section=[24, 20, 20], mrope_interleaved=True),
+                             tie_word_embeddings=tied, hidden_act="silu", attention_bias=False),
+            vision_config=dict(depth=vd, hidden_size=vw, num_heads=vh, intermediate_size=vi, out_hidden_size=D,
+                               patch_size=16, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                               num_position_embeddings=2304, hidden_act="gelu_pytorch_tanh", initializer_range=std,
+                               deepstack_visual_indexes=[5, 11, 17] if vd == 24 else list(range(min(vd, 3)))),
+            tie_word_embeddings=tied, **tokens)
     from transformers import Qwen2_5_VLConfig
 
-    (D, L, H, KV, I, vocab, tied), (vd, vw, vh, vi) = SHAPES[name]
     return Qwen2_5_VLConfig(
         vocab_size=vocab, hidden_size=D, intermediate_size=I, num_hidden_layers=L, num_attention_heads=H,
         num_key_value_heads=KV, rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=128000,
@@ -58,14 +97,12 @@ def hf_config(name, std):
                            fullatt_block_indexes=[7, 15, 23, 31] if vd == 32 else [vd - 1], tokens_per_second=2,
                            window_size=112, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_chans=3,
                            hidden_act="silu", initializer_range=std),
-        image_token_id=151655, video_token_id=VPAD, vision_start_token_id=VSTART, vision_end_token_id=VEND,
-        bos_token_id=ENDOFTEXT, eos_token_id=IM_END, torch_dtype="float32")
+        bos_token_id=ENDOFTEXT, eos_token_id=IM_END, torch_dtype="float32", **tokens)
 
 
 def write_checkpoint(name, path, dev, dtype, std):
-    """Random weights (uniform with the given std; RMSNorm weights 1, biases 0), built on `dev` in `dtype` so that the
+    """Random weights (uniform with the given std; norm weights 1, biases 0), built on `dev` in `dtype` so that the
     real 7B fits, written by transformers' save_pretrained: the official file layout."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers.modeling_utils import no_init_weights
 
     torch.manual_seed(0)
@@ -73,7 +110,7 @@ def write_checkpoint(name, path, dev, dtype, std):
     try:
         torch.set_default_dtype(dtype)
         with torch.device(dev), no_init_weights():
-            m = Qwen2_5_VLForConditionalGeneration(hf_config(name, std))
+            m = hf_class(SHAPES[name][0])(hf_config(name, std))
     finally:
         torch.set_default_dtype(default)
     m.tie_weights()
@@ -81,8 +118,8 @@ def write_checkpoint(name, path, dev, dtype, std):
         for key, p in m.named_parameters():
             if p.dim() > 1:
                 p.uniform_(-std * 3**0.5, std * 3**0.5)
-            elif key.endswith("bias"):
-                p.zero_()
+            else:  # no_init_weights leaves LayerNorm (Qwen3-VL's vision) uninitialized: set every 1-D weight here
+                p.fill_(0.0 if key.endswith("bias") else 1.0)
     m.save_pretrained(path)
     del m
     gc.collect()
@@ -103,18 +140,32 @@ def timed(dev, fn):
     return time.perf_counter() - t
 
 
-def make_input(grid, dev, seed=0):  # chat-shaped prompt ids around one video block, random normalized patches
+def make_input(c, grid, dev, seed=0):
+    """Chat-shaped prompt ids around one video in the family's layout, and random normalized patches. Qwen2.5-VL: one
+    <|vision_start|> ... <|vision_end|> block after a system turn. Qwen3-VL: no system turn; per 2-frame group a
+    timestamp as text ("<0.5 seconds>", ...: digits are single tokens) then its own block."""
     t, h, w = grid
-    px = torch.randn(t * h * w, 1176, generator=torch.Generator().manual_seed(seed)).to(dev)
-    return HEAD + [VPAD] * (t * h * w // 4) + TAIL, px
+    px = torch.randn(t * h * w, c.in_chans * c.temporal_patch_size * c.patch_size**2,
+                     generator=torch.Generator().manual_seed(seed)).to(dev)
+    block = lambda n: [VSTART] + [VPAD] * n + [VEND]
+    if c.model_type == QWEN3:
+        stamp = lambda i: [27, *(15 + int(digit) for digit in str(i)), 13, 20, 6486, 29]  # "<" i ".5 seconds>"
+        video = [x for i in range(t) for x in stamp(i) + block(h * w // 4)]
+        return Q3_HEAD + video + QUESTION + ASSISTANT, px
+    return Q25_HEAD + block(t * h * w // 4) + QUESTION + ASSISTANT, px
+
+
+def positions(c, ids, grid):  # the family's M-RoPE positions; the video is sampled at 1 s per frame group
+    return Q3.rope_index(ids, [grid], c) if c.model_type == QWEN3 else Q25.rope_index(ids, [grid], [1.0], c)
 
 
 def prepared(model, grid, dev):
-    ids, px = make_input(grid, dev)
+    ids, px = make_input(model.c, grid, dev)
+    video = V.Video(px, grid, 1.0, {})
     with torch.no_grad():
-        emb = model.visual(px, [grid])
-    return R.Prepared(ids=torch.tensor(ids, device=dev), pos=Q25.rope_index(ids, [grid], [1.0], model.c).to(dev),
-                      visual=M.Visual(emb), video=V.Video(px, grid, 1.0, {}), vision_s=0.0)
+        visual = model.encode_video(video)
+    return R.Prepared(ids=torch.tensor(ids, device=dev), pos=positions(model.c, ids, grid).to(dev), visual=visual,
+                      video=video, vision_s=0.0)
 
 
 # ----------------------------------------------------------------------------- one measurement each
@@ -143,12 +194,13 @@ class Stamps:  # a transformers streamer: put() gets the prompt once, then every
 
 def theirs_decode(hf, ids, px, grid, n, vocab):
     st, dev = Stamps(), px.device
+    # Qwen2.5-VL's positions take the seconds per frame group; Qwen3-VL's generate has no such input (time is text)
+    spg = {} if hf.config.model_type == QWEN3 else dict(second_per_grid_ts=torch.tensor([1.0], device=dev))
     with torch.no_grad():
         hf.generate(input_ids=torch.tensor([ids], device=dev),
                     attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=dev),
-                    pixel_values_videos=px, video_grid_thw=torch.tensor([grid], device=dev),
-                    second_per_grid_ts=torch.tensor([1.0], device=dev), max_new_tokens=n, do_sample=False,
-                    repetition_penalty=1.0, temperature=None, top_p=None, top_k=None,
+                    pixel_values_videos=px, video_grid_thw=torch.tensor([grid], device=dev), **spg,
+                    max_new_tokens=n, do_sample=False, repetition_penalty=1.0, temperature=None, top_p=None, top_k=None,
                     eos_token_id=vocab, pad_token_id=ENDOFTEXT, streamer=st)  # eos: an id that cannot be generated
     return st.t, st.tokens
 
@@ -159,13 +211,21 @@ def ours_prefill(model, prep, n):  # what generate() does before the first token
         return model.prefill(prep.ids, prep.pos, prep.visual, cache)[0]
 
 
-def theirs_prefill(hf, prep):  # what transformers' generate does before the first token, minus the vision encoder
-    ids = prep.ids[None]
+def theirs_prefill(hf, prep):
+    """What transformers' generate does before the first token, minus the vision encoder and the position rule: embed,
+    put the video features in, run the decoder (Qwen3-VL: its DeepStack features added after the first layers), then
+    the head on the rows generate asks for: the last one where forward takes logits_to_keep (4.57), else all (4.51)."""
+    ids, deep = prep.ids[None], prep.visual.deepstack
+    lm = getattr(hf.model, "language_model", hf.model)  # 4.57 nests the decoder; 4.51's Qwen2.5-VL model is it
+    video = ids == VPAD
     with torch.no_grad():
-        x = hf.model.embed_tokens(ids)
-        x = x.masked_scatter((ids == VPAD)[..., None].expand_as(x), prep.visual.embeds.to(x.dtype))
-        out = hf(inputs_embeds=x, position_ids=prep.pos[:, None], attention_mask=torch.ones_like(ids), use_cache=True)
-    return out.logits[0, -1]
+        x = lm.embed_tokens(ids)
+        x = x.masked_scatter(video[..., None].expand_as(x), prep.visual.embeds.to(x.dtype))
+        ds = dict(visual_pos_masks=video, deepstack_visual_embeds=[f.to(x.dtype) for f in deep]) if deep else {}
+        h = lm(inputs_embeds=x, position_ids=prep.pos[:, None], attention_mask=torch.ones_like(ids), use_cache=True,
+               **ds).last_hidden_state[0]
+        keep = 1 if "logits_to_keep" in inspect.signature(hf.forward).parameters else len(h)
+        return hf.lm_head(h[-keep:])[-1]
 
 
 def per_token(ts, n=None):  # seconds per token between the first and the n-th generated token
@@ -247,38 +307,38 @@ MODES = (("vreason_k1", "V-Reason k=1", dict(mode="vreason", update_every=1)),
 
 
 def bench_shape(a, name, dev, dtype, with_vision):
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
     res, grid, vgrid, t0 = {}, tuple(a.video_grid), tuple(a.vision_grid), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as path:
         write_checkpoint(name, path, dev, dtype, a.init_std)
         ours, hf = M.load_model(path, dev, dtype), None
         if not a.ours_only:
-            hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, torch_dtype=dtype, attn_implementation="sdpa")
+            hf = hf_class(SHAPES[name][0]).from_pretrained(path, torch_dtype=dtype, attn_implementation="sdpa")
             hf = hf.to(dev).eval()
         c, esize = ours.c, ours.llm.norm.weight.element_size()
         head_b = c.vocab_size * c.hidden_size * esize  # whatever layout model.py keeps it in
         layers_b = sum(p.numel() * p.element_size() for p in [*ours.llm.layers.parameters(), ours.llm.norm.weight])
         last_b = sum(p.numel() * p.element_size() for p in ours.llm.layers[-1].parameters()) + head_b
         lm_params = sum(p.numel() for key, p in ours.named_parameters() if not key.startswith("visual."))  # tied: once
-        res["config"] = dict(hidden=c.hidden_size, layers=c.n_layers, heads=c.n_heads, kv_heads=c.n_kv_heads,
-                             intermediate=c.intermediate_size, vocab=c.vocab_size, tied=c.tie_word_embeddings,
+        res["config"] = dict(family=c.model_type, hidden=c.hidden_size, layers=c.n_layers, heads=c.n_heads,
+                             kv_heads=c.n_kv_heads, head_dim=c.head_dim, intermediate=c.intermediate_size,
+                             vocab=c.vocab_size, tied=c.tie_word_embeddings,
                              vision_depth=c.v_depth, vision_width=c.v_hidden, lm_params=lm_params,
                              vision_params=sum(p.numel() for p in ours.visual.parameters()), bytes_per_token=layers_b + head_b)
-        log(t0, f"LM {lm_params / 1e6:.0f}M params ({c.n_layers} layers, hidden {c.hidden_size}, {c.n_heads}/{c.n_kv_heads} "
-                f"heads, {'tied' if c.tie_word_embeddings else 'untied'}), {(layers_b + head_b) / 1e9:.2f} GB read per token; "
-                f"vision depth {c.v_depth} width {c.v_hidden}")
+        log(t0, f"{c.model_type} LM {lm_params / 1e6:.0f}M params ({c.n_layers} layers, hidden {c.hidden_size}, "
+                f"{c.n_heads}/{c.n_kv_heads} heads of {c.head_dim}, {'tied' if c.tie_word_embeddings else 'untied'}), "
+                f"{(layers_b + head_b) / 1e9:.2f} GB read per token; vision depth {c.v_depth} width {c.v_hidden}")
         prep = prepared(ours, grid, dev)
-        ids, px = make_input(grid, dev)
+        ids, px = make_input(c, grid, dev)
 
         if with_vision and hf is not None:  # 1. vision encoder
-            vpx = make_input(vgrid, dev, seed=1)[1]
+            vpx = make_input(c, vgrid, dev, seed=1)[1]
+            feats = lambda out: [out[0], *out[1]] if isinstance(out, tuple) else [out]  # Qwen3-VL: + DeepStack's
             f_ours = lambda: ours.visual(vpx, [vgrid])
             f_hf = lambda: hf.visual(vpx.to(dtype), grid_thw=torch.tensor([vgrid], device=dev))
             with torch.no_grad():
                 r = rounds(a, lambda: (f_ours(), f_hf()), lambda: {"ours": timed(dev, f_ours), "theirs": timed(dev, f_hf)})
-                mine, theirs = f_ours(), f_hf()
-                diff = float((mine - theirs).abs().max() / theirs.abs().max())
+                diff = max(float((mine - theirs).abs().max() / theirs.abs().max())
+                           for mine, theirs in zip(feats(f_ours()), feats(f_hf())))
             res["vision"] = dict(grid=vgrid, ours_s=med(r["ours"]), theirs_s=med(r["theirs"]),
                                  speedup=paired(r["theirs"], r["ours"]), rel_diff=diff, runs=r)
             log(t0, f"vision {vgrid}: ours {med(r['ours']):.3f}s, hf {med(r['theirs']):.3f}s (rel diff {diff:.1e})")
@@ -325,12 +385,19 @@ def bench_shape(a, name, dev, dtype, with_vision):
                                  first_mismatch=(mismatch or [None])[0], theirs_s=med(r["theirs"]),
                                  theirs_x_floor=paired(r["theirs"], floors), speedup=paired(r["theirs"], r["ours"]))
         base = med(r["ours_window"])
-        # bound: an exact update reads the last layer and the LM head at least twice more (backward, then the redecode);
-        # at the measured bandwidth that adds 2 * last_b / bw seconds every k-th token to our measured baseline
-        extra = [2 * last_b / b / w for b, w in zip(r["bandwidth"], r["ours_window"])]  # per round, over the baseline
+        # bound: a token with an update reads the last layer and the LM head three times where a plain token reads them
+        # once: the forward with grad (the decode step before it stopped after projecting that layer's q/k/v, which
+        # this forward projects again), the backward (head, MLP, o_proj: the gradient goes to ΔV alone, so q/k/v and
+        # the norms are not read) and the redecode. So 2 * last_b more bytes (last_b: every parameter of that layer,
+        # Qwen3's q/k norms included, plus the head, counted once when tied), at the bandwidth measured in the same
+        # round, every k-th token, on top of our measured baseline.
+        every = lambda st: 0 if st.get("steps") == 0 else st.get("update_every", 2)  # tokens per update; 0: none
+        bound = lambda st: [w + (2 * last_b / b / every(st) if every(st) else 0)  # seconds per token, per round
+                            for b, w in zip(r["bandwidth"], r["ours_window"])]
         res["vreason"] = {key: dict(s_per_token=med(r[key]), x_baseline=paired(r[key], r["ours_window"]),
                                     opt_share=med(r[key + "_opt_share"]), updates=r[key + "_updates"][-1],
-                                    bound_x_baseline=1 + (med(extra) / st.get("update_every", 2) if st.get("steps") != 0 else 0))
+                                    bound_x_baseline=paired(bound(st), r["ours_window"]),
+                                    x_bound=paired(r[key], bound(st)))
                           for key, _, st in MODES}
         res["vreason"].update(new_tokens=a.vr_tokens + 1, baseline_s_per_token=base)
         log(t0, f"decode: ours {1 / med(r['ours']):.2f} tok/s" + (f", hf {1 / med(r['theirs']):.2f} tok/s, same tokens "
@@ -348,8 +415,10 @@ def bench_shape(a, name, dev, dtype, with_vision):
 # ----------------------------------------------------------------------------- report
 
 def targets(name, res):
-    """The table: (shape, measure, ours, reference, ratio, target, PASS / MISS / None = reported only) per line."""
-    big = SHAPES[name][0][0] >= 1792
+    """The table: (shape, measure, ours, reference, ratio, target, PASS / MISS / None = reported only) per line.
+    Targets: issue 5's for the Qwen2.5-VL shapes; issue 9's for the Qwen3-VL ones (decode faster than transformers,
+    V-Reason k=2 within 5% of its byte bound, peak memory V-Reason / baseline <= 1.02x)."""
+    q3, big = SHAPES[name][0] == QWEN3, SHAPES[name][1][0] >= 1792
     d, p, v, m = res["decode"], res["prefill"], res["vreason"], res["memory"]
     rows = []
     for key, what in (("vision", "vision encoder %s" % (tuple(res.get("vision", {}).get("grid", ())),)),
@@ -359,19 +428,22 @@ def targets(name, res):
             rows.append((f"{what}: s (ours | hf)", x["ours_s"], x["theirs_s"], x["speedup"], (">=", 1.0, "hf")))
     if "theirs_s" in d:
         rows.append((f"decode tok/s (ours | hf); {d['new_tokens']} tokens, same: {'yes' if d['tokens_match'] else 'no'}",
-                     1 / d["ours_s"], 1 / d["theirs_s"], d["speedup"], (">=", 1.1 if big else 1.6, "hf")))
+                     1 / d["ours_s"], 1 / d["theirs_s"], d["speedup"], (">=", 1.0 if q3 else 1.1 if big else 1.6, "hf")))
     hf_floor = f"; hf {d['theirs_x_floor']:.2f}x floor" if "theirs_s" in d else ""
     rows.append((f"decode ms/token (ours | floor){hf_floor}", 1e3 * d["ours_s"], 1e3 * d["floor_s"], d["ours_x_floor"],
                  ("<=", 1.1 if big else 1.4, "floor")))
     rows.append((f"decode ms/token (ours | its weight mat-vecs alone: {d['matvecs_x_floor']:.2f}x floor)",
                  1e3 * d["ours_s"], 1e3 * d["matvecs_s"], d["ours_x_matvecs"], None))
-    limits = {"vreason_k2": ("<=", 1.25, "base"), "prune": ("<=", 1.0, "base")}
+    limits = {"vreason_k2": None if q3 else ("<=", 1.25, "base"), "prune": ("<=", 1.0, "base")}
     for key, label, _ in MODES:
         x = v[key]
         bound = f", bound {x['bound_x_baseline']:.2f}x" if x["updates"] else ""
         rows.append((f"{label} ms/token (it | base); opt {x['opt_share']:.0%}{bound}",
                      1e3 * x["s_per_token"], 1e3 * v["baseline_s_per_token"], x["x_baseline"], limits.get(key)))
-    for mode, limit in (("vreason", 1.05), ("lite", None)):
+    x = v["vreason_k2"]
+    rows.append(("V-Reason k=2 ms/token (it | its byte bound)", 1e3 * x["s_per_token"],
+                 1e3 * v["baseline_s_per_token"] * x["bound_x_baseline"], x["x_bound"], q3 and ("<=", 1.05, "bound")))
+    for mode, limit in (("vreason", 1.02 if q3 else 1.05), ("lite", None)):
         it, base = m[mode]["peak_bytes"], m["baseline"]["peak_bytes"]
         rows.append((f"peak memory {mode} GiB (it | baseline)", it / 2**30, base / 2**30, it / base, limit and ("<=", limit, "base")))
     L = m["lite"]
@@ -433,6 +505,12 @@ def main(argv=None):
     import transformers
 
     transformers.logging.set_verbosity_error()
+    lacking = [name for name in a.shape if hf_class(SHAPES[name][0]) is None]
+    if lacking:  # before any work: it writes the checkpoints, so even --ours-only needs the family's class
+        family = SHAPES[lacking[0]][0]
+        print(f"bench.py: shape {', '.join(lacking)} ({family}) needs transformers' {HF_CLASS[family]}, which transformers "
+              f"{transformers.__version__} lacks: run it with {VENV[family]}", file=sys.stderr)
+        return 2
     torch.set_num_threads(a.threads)
     dev, dtype, t0 = torch.device(a.device), getattr(torch, a.dtype), time.perf_counter()
     report = {"machine": machine(dev, dtype), "settings": {k: v for k, v in vars(a).items() if k != "memory_child"}, "shapes": {}}

@@ -760,12 +760,28 @@ def longest_prompt(a, tok, mine, family):
     return video + text + 64
 
 
+def rank_devices(local, per_node, visible, device_map):
+    """Under torchrun on CUDA: this process's device, and its GPUs for --device-map auto. A launcher may give each
+    process GPUs of its own (it then sees fewer than there are processes on the node), hence local rank modulo the
+    visible count. --device-map auto: when every process sees all the node's GPUs, each takes an even share,
+    [r*g, (r+1)*g) with g = visible // processes; when it sees fewer GPUs than there are processes, they are its own."""
+    if visible == 0:
+        raise R.UsageError("--device cuda under torchrun, but this process sees no CUDA device")
+    if device_map is None:
+        return torch.device("cuda", local % visible), None
+    g, first = (visible // per_node, local * (visible // per_node)) if visible >= per_node else (visible, 0)
+    devs = [torch.device("cuda", first + i) for i in range(g)]
+    return devs[0], devs
+
+
 def run_shard(a, model_dir, mine, conf, dev, dtype, device_map, rank):
     tok = V.load_tokenizer(model_dir)
     skeleton = M.skeleton(model_dir)
     M.check_memory(skeleton, dev, dtype, device_map, longest_prompt(a, tok, mine, skeleton.c.model_type), a.max_new_tokens)
     with R.Progress("loading weights", "shards", every=0, quiet=rank != 0) as shards:
         model = M.load_model(model_dir, dev, dtype, device_map, progress=shards)
+    if a.compile:
+        model.compile_decode()
     stop_ids = {tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")} - {None}
     fd, bar = open_records(a.out, rank), progress(len(mine)) if rank == 0 else (lambda what: None)
     try:
@@ -830,16 +846,15 @@ def run_locked(a, model_dir, datasets, conf, dev, dtype, rank, world):
         print(f"eval: {sum(len(ms) for _, ms in todo)} (entry, mode) runs to do, in {len(todo)} entries, on {world} "
               f"process(es)", file=sys.stderr)
     device_map = None if a.device_map == "none" else a.device_map
-    if world > 1 and dev.type == "cuda":  # each process its own GPU, or with --device-map auto its own slice of them
-        local, per_node = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        if device_map:
-            g = torch.cuda.device_count() // per_node
-            device_map = [torch.device("cuda", i) for i in range(local * g, (local + 1) * g)]
-        dev = device_map[0] if device_map else torch.device("cuda", local)
+    if world > 1 and dev.type == "cuda":  # each process its own GPU, or with --device-map auto its own share of them
+        dev, device_map = rank_devices(int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+                                       torch.cuda.device_count(), device_map)
         torch.cuda.set_device(dev)
     if world > 1:
-        # a long timeout: the first rank done waits at the last barrier for the slowest
-        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=24))
+        # a long timeout: the first rank done waits at the last barrier for the slowest; nccl is told this rank's GPU
+        cuda = dev.type == "cuda"
+        torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=24),
+                                             device_id=dev if cuda else None)
         torch.distributed.barrier()  # nobody appends before every rank has read the record files
     if todo[rank::world]:
         run_shard(a, model_dir, todo[rank::world], conf, dev, dtype, device_map, rank)

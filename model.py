@@ -91,8 +91,9 @@ class Fields:
 
 
 @dataclass
-class TextConfig:
-    """The decoder and the special tokens: what the shared code and the method read. A family's config extends it."""
+class Config:
+    """What every family's config holds: the decoder, the special tokens, and the sizes both vision towers have (a ViT
+    over 3D patches, 2x2-merged into LLM tokens). A family's Config adds its own vision fields."""
     model_type: str
     vocab_size: int
     hidden_size: int
@@ -113,11 +114,21 @@ class TextConfig:
     video_token_id: int
     vision_start_token_id: int
     torch_dtype: str
+    v_depth: int
+    v_hidden: int
+    v_heads: int
+    v_intermediate: int
+    in_chans: int
+    patch_size: int
+    temporal_patch_size: int
+    merge_size: int
 
     @staticmethod
-    def fields_from(path, model_type, interleaved):
-        """Read config.json's decoder part (flat, or nested under text_config; rope under rope_scaling or
-        rope_parameters). Every value comes from the file: the transformers class defaults are not the checkpoints."""
+    def read(path, model_type, interleaved, qk_norm, bias, vision_act):
+        """Read what Config holds from config.json (flat, or nested under text_config; rope under rope_scaling or
+        rope_parameters), checked. Every value comes from the file: the transformers class defaults are not the
+        checkpoints. What the file does not say is the family's: interleaved M-RoPE, q/k norms, q/k/v bias when
+        `attention_bias` is absent, the vision activation. Returns the fields, and vision_config for the family's own."""
         raw = read_json(path, "a JSON object (a Hugging Face config.json)")
         if raw.get("model_type") != model_type:
             raise ModelError(f"{path}: model_type is {raw.get('model_type')!r}, expected {model_type!r}")
@@ -135,23 +146,32 @@ class TextConfig:
         if t.get("hidden_act", str, "silu") != "silu":
             raise ModelError(f"{path}: hidden_act {t.d['hidden_act']!r} is not supported (expected 'silu')")
         theta = rope.get("rope_theta", float, None) or t.get("rope_theta", float)
+        v = top.sub("vision_config")
+        if v.get("hidden_act", str, vision_act) != vision_act:
+            raise ModelError(f"{path}: vision_config.hidden_act {v.d['hidden_act']!r} is not supported (expected {vision_act!r})")
+        if v.get("out_hidden_size") != hidden:
+            raise ModelError(f"{path}: vision_config.out_hidden_size {v.d['out_hidden_size']} != hidden_size {hidden}")
         return dict(
             model_type=model_type, vocab_size=t.get("vocab_size"), hidden_size=hidden, n_layers=t.get("num_hidden_layers"),
             n_heads=n_heads, n_kv_heads=t.get("num_key_value_heads"), head_dim=head_dim,
             intermediate_size=t.get("intermediate_size"), rms_norm_eps=t.get("rms_norm_eps", float), rope_theta=theta,
             mrope_section=section, rope_axis=rope_axis(section, interleaved),
-            attn_bias=t.get("attention_bias", bool, model_type == "qwen2_5_vl"), qk_norm=model_type == "qwen3_vl",
+            attn_bias=t.get("attention_bias", bool, bias), qk_norm=qk_norm,
             # the text config's flag wins where there is one (transformers reads get_text_config().tie_word_embeddings)
             tie_word_embeddings=t.get("tie_word_embeddings", bool, False),
             max_positions=t.get("max_position_embeddings", int, 128000),
             image_token_id=top.get("image_token_id"), video_token_id=top.get("video_token_id"),
             vision_start_token_id=top.get("vision_start_token_id"),
             torch_dtype=t.get("torch_dtype", str, None) or top.get("dtype", str, "bfloat16"),
-        ), top
+            v_depth=v.get("depth"), v_hidden=v.get("hidden_size"), v_heads=v.get("num_heads"),
+            v_intermediate=v.get("intermediate_size"), in_chans=v.get("in_channels", int, v.get("in_chans", int, 3)),
+            patch_size=v.get("patch_size"), temporal_patch_size=v.get("temporal_patch_size"),
+            merge_size=v.get("spatial_merge_size"),
+        ), v
 
     def check(self, path):
-        """What the sizes must satisfy together (each was checked alone when read): the decoder's, and the vision
-        tower's, whose sizes every family config carries (v_hidden, v_heads, in_chans, patch_size, ...)."""
+        """What the sizes must satisfy together (each was checked alone when read): the decoder's and the vision
+        tower's."""
         if self.n_heads % self.n_kv_heads:
             raise ModelError(f"{path}: num_attention_heads {self.n_heads} is not a multiple of num_key_value_heads {self.n_kv_heads}")
         for key in ("image_token_id", "video_token_id", "vision_start_token_id"):

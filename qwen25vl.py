@@ -13,15 +13,7 @@ import video as V
 
 
 @dataclass
-class Config(M.TextConfig):
-    v_depth: int
-    v_hidden: int
-    v_heads: int
-    v_intermediate: int
-    in_chans: int
-    patch_size: int
-    temporal_patch_size: int
-    merge_size: int
+class Config(M.Config):
     window_size: int  # pixels
     fullatt_blocks: tuple
     tokens_per_second: float
@@ -29,21 +21,14 @@ class Config(M.TextConfig):
     @classmethod
     def from_json(cls, path):
         """An official config.json (flat, `rope_scaling`) or a newer nested one (`text_config`, `rope_parameters`) (§1.2)."""
-        text, top = M.TextConfig.fields_from(path, "qwen2_5_vl", interleaved=False)
-        v = top.sub("vision_config")
-        if v.get("hidden_act", str, "silu") != "silu":
-            raise M.ModelError(f"{path}: vision_config.hidden_act {v.d['hidden_act']!r} is not supported (expected 'silu')")
-        c = cls(**text, v_depth=v.get("depth"), v_hidden=v.get("hidden_size"), v_heads=v.get("num_heads"),
-                v_intermediate=v.get("intermediate_size"), in_chans=v.get("in_chans", int, v.get("in_channels", int, 3)),
-                patch_size=v.get("patch_size"), temporal_patch_size=v.get("temporal_patch_size"),
-                merge_size=v.get("spatial_merge_size"), window_size=v.get("window_size"),
-                fullatt_blocks=v.ints("fullatt_block_indexes"), tokens_per_second=v.get("tokens_per_second", float))
+        common, v = M.Config.read(path, "qwen2_5_vl", interleaved=False, qk_norm=False, bias=True,
+                                  vision_act="silu")
+        c = cls(**common, window_size=v.get("window_size"), fullatt_blocks=v.ints("fullatt_block_indexes"),
+                tokens_per_second=v.get("tokens_per_second", float))
         c.check(path)
         if c.window_size < c.merge_size * c.patch_size:  # the window in merged tokens would be 0
             raise M.ModelError(f"{path}: vision_config.window_size {c.window_size} is under one merged token "
                                f"({c.merge_size * c.patch_size} pixels)")
-        if v.get("out_hidden_size") != c.hidden_size:
-            raise M.ModelError(f"{path}: vision out_hidden_size {v.d['out_hidden_size']} != hidden_size {c.hidden_size}")
         return c
 
 

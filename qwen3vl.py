@@ -14,33 +14,16 @@ import video as V
 
 
 @dataclass
-class Config(M.TextConfig):
-    v_depth: int
-    v_hidden: int
-    v_heads: int
-    v_intermediate: int
-    in_chans: int
-    patch_size: int
-    temporal_patch_size: int
-    merge_size: int
+class Config(M.Config):
     n_pos_embed: int  # the learned position table has n x n entries
     deepstack: tuple  # vision blocks whose outputs feed decoder layers 0, 1, ... (DeepStack)
 
     @classmethod
     def from_json(cls, path):
-        text, top = M.TextConfig.fields_from(path, "qwen3_vl", interleaved=True)
-        v = top.sub("vision_config")
-        if v.get("hidden_act", str, "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
-            raise M.ModelError(f"{path}: vision_config.hidden_act {v.d['hidden_act']!r} is not supported "
-                               f"(expected 'gelu_pytorch_tanh')")
-        c = cls(**text, v_depth=v.get("depth"), v_hidden=v.get("hidden_size"), v_heads=v.get("num_heads"),
-                v_intermediate=v.get("intermediate_size"), in_chans=v.get("in_channels", int, 3),
-                patch_size=v.get("patch_size"), temporal_patch_size=v.get("temporal_patch_size"),
-                merge_size=v.get("spatial_merge_size"), n_pos_embed=v.get("num_position_embeddings"),
-                deepstack=v.ints("deepstack_visual_indexes"))
+        common, v = M.Config.read(path, "qwen3_vl", interleaved=True, qk_norm=True, bias=False,
+                                  vision_act="gelu_pytorch_tanh")
+        c = cls(**common, n_pos_embed=v.get("num_position_embeddings"), deepstack=v.ints("deepstack_visual_indexes"))
         c.check(path)
-        if v.get("out_hidden_size") != c.hidden_size:
-            raise M.ModelError(f"{path}: vision out_hidden_size {v.d['out_hidden_size']} != hidden_size {c.hidden_size}")
         if round(c.n_pos_embed ** 0.5) ** 2 != c.n_pos_embed:
             raise M.ModelError(f"{path}: vision_config.num_position_embeddings {c.n_pos_embed} is not a square number")
         if any(i >= c.v_depth for i in c.deepstack) or len(c.deepstack) > c.n_layers:

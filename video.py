@@ -14,7 +14,6 @@ import math
 import os
 from dataclasses import dataclass
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -214,11 +213,25 @@ def frames_to_patches(frames: torch.Tensor, family="qwen2_5_vl") -> tuple[torch.
     return x.reshape(t * gh * gw, 3 * tp * p * p), (t, gh, gw)   # reshape copies: contiguous
 
 
+def group_frames(video: Video) -> np.ndarray:
+    """The first frame of each temporal group, [t, H, W, 3] uint8, rebuilt from the patches (for pictures: the
+    normalization undone and rounded, so within one level of the resized frame)."""
+    fam = get_family(video.family)
+    t, gh, gw = video.grid_thw
+    p, m, T = fam.patch, fam.merge, fam.temporal_patch
+    x = video.pixel_values.view(t, gh // m, gw // m, m, m, 3, T, p, p)[:, :, :, :, :, :, 0]  # frames_to_patches' rows
+    x = x.permute(0, 1, 3, 6, 2, 4, 7, 5).reshape(t, gh * p, gw * p, 3)  # (t, bh, mh, ph, bw, mw, pw, c)
+    x = (x * torch.tensor(fam.std) + torch.tensor(fam.mean)) * 255
+    return x.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
 # ----------------------------------------------------------------------------- decoding
 
 def _decode(path: str, on_frame) -> tuple[int, float]:
     """Decode every frame of the first video stream in order, calling on_frame(i, frame). -> (count, avg fps).
     Every PyAV/FFmpeg failure becomes a one-line VideoError."""
+    import av  # here, not at the top: the model and the prompt need no decoder (device_check.py runs where PyAV is absent)
+
     try:
         with av.open(path) as container:
             if not container.streams.video:

@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
+import torch.nn.functional as F
 
 import model as M
 import video as V
@@ -166,6 +167,10 @@ class Controller:
         with torch.no_grad():
             return float((self.rows() - self.v0).norm() / self.v0.norm().clamp_min(1e-12))
 
+    def angles(self):  # degrees each value row has turned from v0, mean over kv heads -> [Nv]
+        with torch.no_grad():
+            return torch.rad2deg(torch.acos(F.cosine_similarity(self.rows(), self.v0, dim=-1).clamp(-1, 1))).mean(0)
+
 
 def kl_to_uniform(logits, direction):
     """Entropy Switching Loss without its sign (paper eq. for L_switch). KL(p||U) = log|V| - H(p) (default);
@@ -211,7 +216,8 @@ def prune(cache, rows, ratio, policy):
         for X in (K, Vl):
             X[:, lo : lo + len(src)] = X[:, src]
         kept.append(is_kept.cpu())
-        new_rows = (alive.cumsum(0) - 1)[rows.to(Vl.device)][is_kept]  # where the kept video rows of this layer went
+        new_rows = (alive.cumsum(0) - 1)[rows.to(Vl.device)][is_kept]  # where this layer's kept video rows went: the
+    # last layer's are returned (the controller's rows)
     cache.length = T - (n - keep)
     return new_rows, torch.stack(kept)
 
@@ -234,8 +240,12 @@ def generate(model, prep, s, stop_ids, info=None):
         logits, h_in = model.prefill(prep.ids, prep.pos, prep.visual, cache)
     rows = video_rows(model, prep.ids)
     info.update(kv_bytes_before=cache.nbytes(), video_tokens=len(rows))
+    kept = torch.ones(1, len(rows), dtype=torch.bool)  # per layer, which video tokens (prompt order) stay in the cache
     if s.prune_ratio > 0 and len(rows):
-        rows, _ = prune(cache, rows, s.prune_ratio, s.prune_policy)
+        rows, kept = prune(cache, rows, s.prune_ratio, s.prune_policy)
+        # compact, for --json / --plot: the last layer's choice as a 0/1 string, and how many layers kept each token
+        info.update(kept_last_layer="".join("01"[k] for k in kept[-1].int().tolist()), layers_kept=kept.sum(0).tolist(),
+                    n_layers=len(kept))
     sync(model)
     info.update(prefill_s=time.perf_counter() - t0, kv_bytes_after=cache.nbytes(), video_tokens_kept=len(rows), updates=0)
     ctrl = Controller(cache, rows, s) if s.mode in ("vreason", "lite") and len(rows) else None  # nothing to steer without video
@@ -282,6 +292,8 @@ def generate(model, prep, s, stop_ids, info=None):
     finally:  # once, however the run ends (stop token, length, or the caller dropping the iterator)
         if ctrl is not None:
             info["dv_ratio"] = ctrl.ratio()
+            turned = iter(ctrl.angles().tolist())  # the controller's rows are the last layer's kept video tokens
+            info["angle_deg"] = [round(next(turned), 3) if k else None for k in kept[-1].tolist()]
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -397,6 +409,8 @@ def add_args(p):
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step (CUDA graphs on a GPU); the first tokens wait for the compile")
     g.add_argument("--device-map", default="none", choices=["none", "auto"],
                    help="auto: split the decoder layers over all visible GPUs (32B / 72B)")
 
@@ -433,6 +447,16 @@ def check_args(a):
             raise UsageError(f"argument {flag}: invalid value {getattr(a, flag[2:].replace('-', '_'))} (must be {want})")
     if a.min_pixels is not None and a.max_pixels is not None and a.min_pixels > a.max_pixels:
         raise UsageError(f"--min-pixels {a.min_pixels} is above --max-pixels {a.max_pixels}")
+    check_runtime(a)
+
+
+def check_runtime(a):
+    """Device, dtype and placement flags that cannot work together."""
+    if a.dtype == "float16":  # refused rather than run to a wrong answer
+        raise UsageError("--dtype float16 is not supported: Qwen2/2.5 activations overflow in float16 (NaN or '!!!!' "
+                         "output) and V-Reason's gradients underflow; use bfloat16 (the CUDA default) or float32")
+    if a.device_map != "none" and a.device not in ("auto", "cuda"):
+        raise UsageError(f"--device-map {a.device_map} splits the model over CUDA GPUs; it cannot run on --device {a.device}")
 
 
 def parse_args(argv):
@@ -644,16 +668,57 @@ def compare_table(runs):
     return "\n".join(lines)
 
 
-def plot(runs):
-    """PNG bytes: entropy (thin) and its EMA (thick) per token, like the paper's Fig. 1-2; the last run's alpha is
-    shaded (red: +1, explore; blue: -1, exploit)."""
+def video_maps(info, video):
+    """What the method did to each video token, as [t, h, w] arrays over the merged-token grid (from a run's info, the
+    same arrays --json holds): (title, values, colormap, vmin, vmax) per map that the run has."""
+    import numpy as np
+
+    t, gh, gw = video.grid_thw
+    m = V.get_family(video.family).merge
+    shape, maps = (t, gh // m, gw // m), []
+    if "kept_last_layer" in info:
+        kept = np.array([c == "1" for c in info["kept_last_layer"]]).reshape(shape)
+        maps.append(("pruned by Lite in the last layer (dark)", np.where(kept, np.nan, 1.0), "Greys", 0, 1.2))
+        maps.append(("layers that kept the token", np.array(info["layers_kept"], float).reshape(shape), "viridis", 0,
+                     info["n_layers"]))
+    if "angle_deg" in info:
+        ang = np.array([np.nan if x is None else x for x in info["angle_deg"]]).reshape(shape)
+        maps.append(("ΔV: how far the value vector turned (degrees, mean over kv heads)", ang, "magma", 0,
+                     max(float(np.nanmax(ang)) if np.isfinite(ang).any() else 0, 1e-3)))
+    return maps
+
+
+def plot(runs, video=None):
+    """PNG bytes. Top: entropy (thin) and its EMA (thick) per token, like the paper's Fig. 1-2, the last run's alpha
+    shaded (red: +1, explore; blue: -1, exploit). Below, when the run pruned or steered the video: its frames (the first
+    of each 2-frame group, at most 8 groups, evenly spaced) with each video token's cell shaded by what the method did
+    to it (video_maps): which parts of the video Lite kept, and which ΔV turned."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 3.8))
-    for r, color in zip(runs, ("tab:gray", "tab:green")):
+    maps = video_maps(runs[-1].info, video) if video is not None else []
+    frames = V.group_frames(video) if maps else None
+    groups = sorted({round(i * (len(frames) - 1) / 7) for i in range(8)}) if maps else []
+    fig = plt.figure(figsize=(12, 3.8 + 2.3 * len(maps)))
+    grid = fig.add_gridspec(1 + len(maps), max(len(groups), 1), height_ratios=[1.6] + [1] * len(maps), hspace=0.4)
+    ax = fig.add_subplot(grid[0, :])
+    for row, (title, values, cmap, lo, hi) in enumerate(maps, 1):
+        for col, g in enumerate(groups):
+            a = fig.add_subplot(grid[row, col])
+            a.imshow(frames[g])
+            H, W = frames[g].shape[:2]
+            im = a.imshow(values[g], cmap=cmap, vmin=lo, vmax=hi, alpha=0.6, extent=(0, W, H, 0), interpolation="nearest")
+            a.set_xticks([]), a.set_yticks([])
+            a.set_xlabel(f"t = {video.timestamps[g]:.1f} s" if video.timestamps else f"group {g}", fontsize=8)
+            if col == 0:
+                a.set_title(title, loc="left", fontsize=9)
+        bar = fig.colorbar(im, ax=fig.axes[-len(groups):], fraction=0.02, pad=0.01)  # (every row: equal widths)
+        if cmap == "Greys":
+            bar.set_ticks([1.0], labels=["pruned"])
+    for r in runs:
+        color = "tab:gray" if r.mode == "baseline" else "tab:green"
         ls = "--" if r.mode == "baseline" and len(runs) > 1 else "-"  # visible where the runs coincide
         ax.plot([st.entropy for st in r.steps], lw=0.7, ls=ls, color=color, alpha=0.6, label=f"{r.mode} entropy")
         ax.plot([st.ema for st in r.steps], lw=2, ls=ls, color=color, label=f"{r.mode} EMA")
@@ -664,9 +729,10 @@ def plot(runs):
             start = i
     ax.set(xlabel="generated token", ylabel="entropy (nats)", title=f"{runs[-1].mode}: alpha +1 red, -1 blue")
     ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
+    if not maps:
+        fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 
@@ -741,6 +807,8 @@ def run(a):
     t0 = time.perf_counter()
     with Progress("loading weights", "shards", every=0, quiet=a.quiet) as bar:
         model = M.load_model(model_dir, dev, dtype, device_map, progress=bar)
+    if a.compile:
+        model.compile_decode()
     t_load = time.perf_counter() - t0
     stop_ids = {tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")} - {None}
     s = Settings.from_args(a)
@@ -769,10 +837,10 @@ def run(a):
               "timings": {"video_s": t_video, "load_s": t_load, "vision_s": prep.vision_s, **main_run.timings}}
     if a.compare:
         record["baseline"] = run_record(runs[0])
-    return save_outputs(a, record, runs)
+    return save_outputs(a, record, runs, video)
 
 
-def save_outputs(a, record, runs):
+def save_outputs(a, record, runs, video):
     """Write --json / --trace / --plot. A write that fails (disk full, a FIFO nobody reads) is reported, and what it
     held goes to stdout (stderr if it was stdout): the run's result is never lost. Returns the exit status."""
     r = runs[-1]
@@ -780,7 +848,7 @@ def save_outputs(a, record, runs):
                "trace": lambda: "".join(dumps({"i": i, "token": st.token, "text": piece, "entropy": st.entropy, "ema": st.ema,
                                                "peak": st.peak, "alpha": st.alpha, "updated": st.updated, "loss": st.loss}) + "\n"
                                         for i, (st, piece) in enumerate(zip(r.steps, r.pieces))),
-               "plot": lambda: plot(runs)}
+               "plot": lambda: plot(runs, video)}
     failed = {}
     for k in OUTPUTS:
         path = getattr(a, k)

@@ -278,7 +278,7 @@ BAD_MODEL_DIRS = {
     "a flag as a string": (lambda d: _set_text(d, tie_word_embeddings="no"),
                            "{d}/config.json: {t}tie_word_embeddings is 'no', expected true or false"),
     "a missing key": (lambda d: _edit(d, lambda j: _text(j).pop("num_attention_heads")), "{d}/config.json: missing {t}num_attention_heads"),
-    "no vision_config": (lambda d: _edit(d, lambda j: j.pop("vision_config")), "{d}/config.json: missing vision_config.depth"),
+    "no vision_config": (lambda d: _edit(d, lambda j: j.pop("vision_config")), "{d}/config.json: missing vision_config.out_hidden_size"),
     "text_config a list": (lambda d: _set_config(d, text_config=[64]), "{d}/config.json: text_config is list, expected an object"),
     "mrope_section of strings": (lambda d: _edit(d, lambda j: _rope(j).update(mrope_section=["16", "24", "24"])),
                                  "{d}/config.json: {t}rope_scaling.mrope_section is ['16', '24', '24'], expected a list of 3 "

@@ -461,3 +461,19 @@ def test_load_tokenizer_errors(tmp_path):
     Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
     with pytest.raises(VideoError, match=r"missing <\|video_pad\|>$"):
         video.load_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_group_frames_undo_the_patches(tmp_path, family):
+    """The frames --plot draws are the resized frames the model saw (first of each group), within one level."""
+    path = write_clip(tmp_path / "c.mp4", n_frames=12, width=100, height=70, fps=4)
+    v = video.load_video(path, family, min_pixels=64 * 64, max_pixels=128 * 128)
+    frames = video.group_frames(v)
+    t, gh, gw = v.grid_thw
+    p = video.get_family(family).patch
+    assert frames.shape == (t, gh * p, gw * p, 3) and frames.dtype == np.uint8
+    with av.open(str(path)) as c:
+        decoded = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+    for g in range(t):
+        ref = video._resize(decoded[v.meta["frame_indices"][2 * g]], gh * p, gw * p).permute(1, 2, 0).numpy()
+        assert np.abs(frames[g].astype(int) - ref.astype(int)).max() <= 1

@@ -396,6 +396,27 @@ def test_cli_outputs(model_dir, clip, tmp_path, capsys):  # noqa: F811
     assert {"token", "text", "entropy", "ema", "peak", "alpha", "updated", "loss"} <= set(lines[0])
     assert pl.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png", "r.json", "t.jsonl"]  # no temp files left
+    # what the method did to each video token, compactly: Lite's keep sets and the controller's turn
+    v, grid = rec["vreason"], rec["video"]["grid_thw"]
+    N = grid[0] * grid[1] * grid[2] // 4
+    assert len(v["kept_last_layer"]) == len(v["layers_kept"]) == len(v["angle_deg"]) == N == rec["video_tokens"]
+    assert v["kept_last_layer"].count("1") == v["video_tokens_kept"] and set(v["layers_kept"]) <= set(range(v["n_layers"] + 1))
+    assert [a is None for a in v["angle_deg"]] == [c == "0" for c in v["kept_last_layer"]]  # pruned rows have no turn
+    assert max(a for a in v["angle_deg"] if a is not None) > 0
+    assert "angle_deg" not in rec["baseline"]["vreason"] and "kept_last_layer" not in rec["baseline"]["vreason"]
+
+
+def test_video_maps_follow_the_tokens(tiny):
+    """The maps put token i of the prompt at (t, row, col) of the merged grid, and the angles equal the controller's."""
+    prep = prepared(tiny, (2, 12, 20), 1.0)[0]
+    prep.video = R.V.Video(None, (2, 12, 20), 1.0, {}, (0.0, 1.0), tiny.c.model_type)
+    info = {}
+    list(R.generate(tiny, prep, R.Settings(mode="lite", max_new_tokens=4, lr=0.1), set(), info))
+    (_, kept, *_), (_, layers, *_), (_, angle, *_) = R.video_maps(info, prep.video)
+    assert kept.shape == layers.shape == angle.shape == (2, 6, 10)
+    assert [bool(x) for x in torch.tensor(kept).isnan().flatten()] == [c == "1" for c in info["kept_last_layer"]]
+    flat = [None if x != x else x for x in angle.flatten().tolist()]
+    assert flat == info["angle_deg"] and layers.flatten().tolist() == info["layers_kept"]
 
 
 def test_plot_without_matplotlib(model_dir, clip, tmp_path, capsys, monkeypatch):  # noqa: F811

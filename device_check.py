@@ -1,0 +1,372 @@
+"""The device check: one call on a GPU machine, one table (issue 12).
+
+    python device_check.py                 # CUDA, bf16 speed section at Qwen2.5-VL-7B proportions; < 8 min on an H100
+    python device_check.py --device cpu    # dry run: every step on scaled-down shapes (its timings mean nothing)
+
+What it checks, on random weights written by transformers' save_pretrained (the official layout) and loaded by ours:
+  1. parity, ours vs transformers, fp32 and bf16, both families (Qwen2.5-VL, Qwen3-VL), a mid-size checkpoint: vision
+     features (and DeepStack's), prefill + 3 decode-step logits, greedy tokens (32);
+  2. the CLI end to end in all three modes, and with --compile (needs PyAV: carry its wheel, see README);
+  3. Qwen2.5-VL-7B proportions in bf16: decode ms/token eager and compiled (torch.compile + CUDA graphs) against the
+     bandwidth floor measured in the same run (a large device-to-device copy), transformers' generate on the same
+     weights, V-Reason k=2 and Lite against the compiled baseline, and peak memory.
+Targets (H100, bf16, batch 1): compiled decode <= 1.25x the floor, >= 3x transformers' tokens/s, V-Reason k=2 <= 1.15x
+baseline per token, peak memory <= 1.02x baseline. transformers is needed here only (the machine's 5.x: its Qwen2.5-VL
+wants mm_token_type_ids and casts second_per_grid to an integer, so the prompts use 1.0 s per group, where both rules
+agree). Writes device_check.json (and $OUT/device_check.json when $OUT is set).
+"""
+import argparse
+import gc
+import inspect
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+import model as M
+import video as V
+import vreason as R
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+IM_START, IM_END, ENDOFTEXT, VSTART, VEND, VPAD = 151644, 151645, 151643, 151652, 151653, 151656
+SPECIAL = {"<|endoftext|>": ENDOFTEXT, "<|im_start|>": IM_START, "<|im_end|>": IM_END, "<|vision_start|>": VSTART,
+           "<|vision_end|>": VEND, "<|image_pad|>": 151655, "<|video_pad|>": VPAD}
+# (hidden, layers, heads, kv heads, head dim, intermediate, vocab, tied), (vision depth, width, heads, intermediate)
+SHAPES = {
+    "parity": ((1024, 4, 8, 2, 128, 2816, 151936, False), (4, 512, 8, 1024)),
+    "7b": ((3584, 28, 28, 4, 128, 18944, 152064, False), (2, 1280, 16, 3420)),  # Qwen2.5-VL-7B's LM; 2 vision blocks
+    "parity-dry": ((128, 2, 4, 2, 32, 256, 151936, False), (2, 64, 4, 96)),
+    "7b-dry": ((256, 2, 4, 2, 64, 512, 152064, False), (2, 64, 4, 96)),
+}
+
+
+# ----------------------------------------------------------------------------- checkpoints and inputs
+
+def hf_model(family, shape, std, dev, dtype, seed=0):
+    """A random-weight transformers model of the family (uniform weights of the given std, norms 1, biases 0), built
+    in place on the device."""
+    import transformers
+
+    try:
+        from transformers.initialization import no_init_weights  # 5.x
+    except ImportError:
+        from transformers.modeling_utils import no_init_weights  # 4.x
+
+    (D, L, H, KV, hd, I, vocab, tied), (vd, vw, vh, vi) = SHAPES[shape]
+    text = dict(vocab_size=vocab, hidden_size=D, num_hidden_layers=L, num_attention_heads=H, num_key_value_heads=KV,
+                intermediate_size=I, rms_norm_eps=1e-6, max_position_embeddings=32768, tie_word_embeddings=tied)
+    vision = dict(depth=vd, hidden_size=vw, num_heads=vh, intermediate_size=vi, out_hidden_size=D, spatial_merge_size=2,
+                  temporal_patch_size=2)
+    ids = dict(image_token_id=151655, video_token_id=VPAD, vision_start_token_id=VSTART, vision_end_token_id=VEND,
+               tie_word_embeddings=tied)
+    if family == "qwen2_5_vl":
+        text["rope_parameters"] = {"rope_type": "default", "mrope_section": [hd // 8, 3 * hd // 16, 3 * hd // 16], "rope_theta": 1e6}
+        vision.update(fullatt_block_indexes=[vd - 1], tokens_per_second=2, window_size=112, patch_size=14, hidden_act="silu")
+        cls, cfg = transformers.Qwen2_5_VLForConditionalGeneration, transformers.Qwen2_5_VLConfig
+    else:
+        s = hd // 2
+        text.update(head_dim=hd, rope_parameters={"rope_type": "default", "mrope_section": [s - 2 * (3 * s // 8), 3 * s // 8, 3 * s // 8],
+                                                  "mrope_interleaved": True, "rope_theta": 5e6})
+        vision.update(patch_size=16, num_position_embeddings=576, deepstack_visual_indexes=list(range(min(3, vd))),
+                      hidden_act="gelu_pytorch_tanh")
+        cls, cfg = transformers.Qwen3VLForConditionalGeneration, transformers.Qwen3VLConfig
+    torch.manual_seed(seed)
+    with torch.device(dev), no_init_weights():
+        m = cls(cfg(text_config=text, vision_config=vision, **ids)).to(dtype)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif p.dim() == 1:
+                p.fill_(1.0)
+            else:
+                p.uniform_(-std * 3**0.5, std * 3**0.5)
+    m.tie_weights()
+    return m.eval()
+
+
+def inputs(family, grid, seed=0):
+    """Prompt ids laid out as the family's processor does (Qwen3-VL: a timestamp and a block per frame group), random
+    normalized patches, and our Video for them. 1.0 s per group: the one rule transformers 5.x and Qwen agree on."""
+    g = torch.Generator().manual_seed(seed)
+    t, h, w = grid
+    patch = 14 if family == "qwen2_5_vl" else 16
+    words = lambda n: torch.randint(0, 151000, (n,), generator=g).tolist()
+    if family == "qwen2_5_vl":
+        video = [VSTART] + [VPAD] * (t * h * w // 4) + [VEND]
+        head = [IM_START, 8948, 198] + words(6) + [IM_END, 198, IM_START, 872, 198]
+    else:
+        video = sum(([27] + words(3) + [29, VSTART] + [VPAD] * (h * w // 4) + [VEND] for _ in range(t)), [])
+        head = [IM_START, 872, 198]
+    ids = head + video + words(9) + [IM_END, 198, IM_START, 77091, 198]
+    px = torch.randn(t * h * w, 3 * 2 * patch * patch, generator=g)
+    return ids, px, V.Video(px, grid, 1.0, {}, tuple(float(i) for i in range(t)), family)
+
+
+def hf_kwargs(hf, ids, px, grid, dev):
+    """The inputs transformers' forward / generate want for one video (and what only some versions take)."""
+    ids_t = torch.tensor([ids], device=dev)
+    kw = dict(input_ids=ids_t, attention_mask=torch.ones_like(ids_t), pixel_values_videos=px.to(dev, hf.dtype),
+              video_grid_thw=torch.tensor([grid], device=dev))
+    takes = inspect.signature(hf.forward).parameters
+    if "mm_token_type_ids" in takes:  # transformers >= 5.3: 0 text, 1 image, 2 video
+        kw["mm_token_type_ids"] = (ids_t == VPAD).int() * 2
+    if "second_per_grid_ts" in takes:
+        kw["second_per_grid_ts"] = torch.tensor([1.0], device=dev)
+    return kw
+
+
+def hf_vision(out):  # transformers' vision output -> (merged features, DeepStack features), across versions
+    if torch.is_tensor(out):  # 4.x Qwen2.5-VL
+        return out, []
+    if isinstance(out, tuple):  # 4.x Qwen3-VL
+        return out
+    return out.pooler_output, getattr(out, "deepstack_features", None) or []  # 5.x: an output object
+
+
+def rel(a, b):
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def save(hf, path):
+    hf.save_pretrained(path, max_shard_size="5GB")
+    return path
+
+
+# ----------------------------------------------------------------------------- 1. parity
+
+def parity(family, dtype, dev, shape, tmp):
+    hf = hf_model(family, shape, 0.2 if dtype == torch.float32 else 0.05, dev, dtype)
+    ours = M.load_model(save(hf, os.path.join(tmp, f"{family}-{dtype}")), dev, dtype)
+    grid = (2, 12, 16)
+    ids, px, video = inputs(family, grid)
+    out = {}
+    with torch.no_grad():
+        mine = ours.encode_video(video)
+        emb, deep = hf_vision(hf.model.visual(px.to(dev, dtype), grid_thw=torch.tensor([grid], device=dev)))
+        out["vision"] = max([rel(mine.embeds, emb)] + [rel(a, b) for a, b in zip(mine.deepstack, deep)])
+        # prefill + 3 decode steps (a fixed continuation) vs full forwards over the growing sequence
+        prep = R.Prepared(torch.tensor(ids, device=dev), positions(ours, ids, video).to(dev), mine, video, 0.0)
+        cache = ours.new_cache(len(ids) + 4)
+        logits, _ = ours.prefill(prep.ids, prep.pos, prep.visual, cache)
+        nxt, diffs = int(prep.pos.max()) + 1, []
+        for s in range(4):
+            full = ids + [1000 + 37 * j for j in range(s)]
+            hf.model.rope_deltas = None
+            ref = hf(**hf_kwargs(hf, full, px, grid, dev)).logits[0, -1]
+            diffs.append(rel(logits, ref))
+            if s < 3:
+                logits, _ = ours.decode(torch.tensor([1000 + 37 * s], device=dev), torch.full((3, 1), nxt + s, device=dev), cache)
+        out["logits"] = max(diffs)
+    n = 32
+    mine_t = [st.token for st in R.generate(ours, prep, R.Settings(max_new_tokens=n), {IM_END, ENDOFTEXT})]
+    hf.model.rope_deltas = None
+    with torch.no_grad():
+        ref_t = hf.generate(**hf_kwargs(hf, ids, px, grid, dev), max_new_tokens=n, do_sample=False, temperature=None,
+                            top_p=None, top_k=None, eos_token_id=[IM_END, ENDOFTEXT], pad_token_id=ENDOFTEXT)[0, len(ids):].tolist()
+    same = next((i for i, (a, b) in enumerate(zip(mine_t, ref_t)) if a != b), min(len(mine_t), len(ref_t)))
+    out.update(greedy_same=same, greedy_of=len(ref_t))
+    return out
+
+
+def positions(model, ids, video):  # the family's M-RoPE positions for these ids (prompt() builds ids and positions)
+    import importlib
+
+    fam = importlib.import_module(M.FAMILIES[model.c.model_type])
+    return fam.rope_index(ids, [video.grid_thw], [video.second_per_grid], model.c) if model.c.model_type == "qwen2_5_vl" \
+        else fam.rope_index(ids, [video.grid_thw], model.c)
+
+
+# ----------------------------------------------------------------------------- 2. the CLI
+
+def cli(dev, tmp, dtype):
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return {"error": "PyAV is not installed here: carry its wheel (README, 'The device check')"}
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+
+    d = save(hf_model("qwen3_vl", "parity-dry", 0.2, dev, torch.float32), os.path.join(tmp, "cli"))
+    vocab = {c: i for i, c in enumerate(sorted(set(map(chr, range(32, 127))) | {"\n"}))}  # a character-level tokenizer
+    vocab["[UNK]"] = len(vocab)
+    tok = Tokenizer(models.WordLevel({**vocab, **SPECIAL}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok.add_special_tokens([AddedToken(k, special=True) for k in SPECIAL])
+    tok.save(os.path.join(d, "tokenizer.json"))
+    out = {}
+    for mode, extra in (("baseline", []), ("vreason", []), ("lite", []), ("vreason", ["--compile"])):
+        j = os.path.join(tmp, "cli.json")
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "vreason.py"), "--video", os.path.join(ROOT, "assets", "clip.mp4"),
+                            "--q", "What happens after the ball is thrown?", "--model", d, "--mode", mode, "--max-new-tokens", "8",
+                            "--device", dev.type, "--dtype", str(dtype).replace("torch.", ""), "--json", j, "--quiet", *extra],
+                           capture_output=True, text=True, timeout=300)
+        rec = json.load(open(j)) if r.returncode == 0 else {}
+        out[" ".join([mode, *extra])] = {"rc": r.returncode, "tokens": len(rec.get("token_ids", [])), "err": r.stderr.strip()[-300:],
+                                      "updates": rec.get("vreason", {}).get("updates")}
+    return out
+
+
+# ----------------------------------------------------------------------------- 3. speed at 7B proportions
+
+def bandwidth(dev, gib):
+    """Bytes per second of a large device-to-device copy, bytes read plus bytes written (the decode floor's rate)."""
+    n = int(gib * 2**30 // 4)
+    a, b = torch.empty(n, device=dev), torch.empty(n, device=dev)
+    a.uniform_()
+    times = []
+    for _ in range(6):
+        sync(dev)
+        t0 = time.perf_counter()
+        b.copy_(a)
+        sync(dev)
+        times.append(time.perf_counter() - t0)
+    del a, b
+    return 2 * n * 4 / statistics.median(times[1:])
+
+
+def per_token(stamps):  # seconds per token between the first and the last generated token
+    return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+
+
+def ours_run(model, prep, n, dev, **kw):
+    torch.cuda.reset_peak_memory_stats(dev) if dev.type == "cuda" else None
+    stamps = []
+    for _ in R.generate(model, prep, R.Settings(max_new_tokens=n, **kw), set()):
+        stamps.append(time.perf_counter())  # the token was read back: the device is synchronized
+    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0
+    return per_token(stamps), peak
+
+
+class Stamps:  # a transformers streamer: put() sees the prompt once, then each new token
+    def __init__(self):
+        self.t, self.first = [], True
+
+    def put(self, x):
+        if not self.first:
+            self.t.append(time.perf_counter())
+        self.first = False
+
+    def end(self):
+        pass
+
+
+def speed(dev, dtype, shape, n, tmp):
+    res = {}
+    hf = hf_model("qwen2_5_vl", shape, 0.02, dev, dtype)
+    path = save(hf, os.path.join(tmp, "7b"))
+    ours = M.load_model(path, dev, dtype)
+    c = ours.c
+    per_layer = sum(p.numel() * p.element_size() for p in ours.llm.layers.parameters())
+    bytes_token = per_layer + (ours.llm.norm.weight.numel() + ours.lm_head.numel()) * ours.lm_head.element_size()
+    res["lm_params"] = sum(p.numel() for k, p in ours.named_parameters() if not k.startswith("visual."))
+    res["bandwidth"] = bandwidth(dev, 4 if dev.type == "cuda" else 0.25)
+    res["floor_s"] = bytes_token / res["bandwidth"]
+    grid = (4, 16, 16)  # 256 video tokens
+    ids, px, video = inputs("qwen2_5_vl", grid)
+    with torch.no_grad():
+        prep = R.Prepared(torch.tensor(ids, device=dev), positions(ours, ids, video).to(dev), ours.encode_video(video), video, 0.0)
+    # transformers first, then freed: the peak memory below is ours alone
+    st = Stamps()
+    with torch.no_grad():
+        for k in (8, n):  # a warm-up, then the timed run
+            st = Stamps()
+            hf.model.rope_deltas = None
+            hf.generate(**hf_kwargs(hf, ids, px, grid, dev), max_new_tokens=k, do_sample=False, temperature=None, top_p=None,
+                        top_k=None, eos_token_id=c.vocab_size, pad_token_id=ENDOFTEXT, streamer=st)
+    res["hf_s"] = per_token(st.t)
+    del hf
+    gc.collect()
+    torch.cuda.empty_cache() if dev.type == "cuda" else None
+    ours_run(ours, prep, 8, dev)  # warm-up
+    res["eager_s"], _ = ours_run(ours, prep, n, dev)
+    t0 = time.perf_counter()
+    ours.compile_decode()
+    ours_run(ours, prep, 8, dev, mode="vreason")  # compiles both variants of the step (and captures the graphs)
+    res["compile_s"] = time.perf_counter() - t0
+    for key, kw in (("base", {}), ("vreason_k2", dict(mode="vreason", update_every=2)), ("lite", dict(mode="lite"))):
+        runs = [ours_run(ours, prep, n, dev, **kw) for _ in range(3)]
+        res[key + "_s"] = statistics.median(r[0] for r in runs)
+        res[key + "_peak"] = max(r[1] for r in runs)
+    return res
+
+
+# ----------------------------------------------------------------------------- the table
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--skip", default="", help="comma-separated sections to leave out: parity,cli,speed")
+    a = p.parse_args(argv)
+    dry = a.device == "cpu"
+    if not dry and not torch.cuda.is_available():
+        print("device_check: no CUDA device here; --device cpu runs the dry run", file=sys.stderr)
+        return 2
+    dev, t_start = torch.device(a.device), time.perf_counter()
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # fp32 parity means fp32
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    report = {"device": torch.cuda.get_device_name(dev) if not dry else "cpu (dry run: scaled-down shapes)",
+              "torch": torch.__version__, "transformers": transformers.__version__}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="device-check-") as tmp:
+        if "parity" not in a.skip:
+            for family in ("qwen2_5_vl", "qwen3_vl"):
+                for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 5e-2)):
+                    r = report.setdefault("parity", {})[f"{family} {str(dtype)[6:]}"] = \
+                        parity(family, dtype, dev, "parity-dry" if dry else "parity", tmp)
+                    ok = r["vision"] <= tol and r["logits"] <= tol and (dtype != torch.float32 or r["greedy_same"] == r["greedy_of"])
+                    rows.append((f"parity {family} {str(dtype)[6:]}: vision | logits rel diff, greedy same",
+                                 f"{r['vision']:.1e} | {r['logits']:.1e}, {r['greedy_same']}/{r['greedy_of']}", f"<= {tol:.0e}", ok))
+                    print(f"[{time.perf_counter() - t_start:4.0f}s] parity {family} {dtype}: {r}", flush=True)
+        if "cli" not in a.skip:
+            r = report["cli"] = cli(dev, tmp, torch.float32 if dry else torch.bfloat16)
+            for mode, x in r.items() if "error" not in r else []:
+                rows.append((f"CLI --mode {mode}", f"exit {x['rc']}, {x['tokens']} tokens, {x['updates']} updates", "exit 0",
+                             x["rc"] == 0 and x["tokens"] > 0))
+            if "error" in r:
+                rows.append(("CLI", r["error"], "", False))
+            print(f"[{time.perf_counter() - t_start:4.0f}s] cli: {r}", flush=True)
+        if "speed" not in a.skip:
+            s = report["speed"] = speed(dev, torch.float32 if dry else torch.bfloat16, "7b-dry" if dry else "7b",
+                                        16 if dry else a.new_tokens, tmp)
+            ms = lambda k: f"{1e3 * s[k]:.2f} ms"
+            rows += [("7B bf16: floor (bytes/token over the copy bandwidth)", f"{ms('floor_s')} ({s['bandwidth'] / 1e12:.2f} TB/s)", "", None),
+                     ("decode eager (x floor)", f"{ms('eager_s')} ({s['eager_s'] / s['floor_s']:.2f}x)", "", None),
+                     (f"decode compiled (x floor); compile {s['compile_s']:.0f} s", f"{ms('base_s')} ({s['base_s'] / s['floor_s']:.2f}x)",
+                      "<= 1.25x", s["base_s"] / s["floor_s"] <= 1.25),
+                     ("transformers generate (ours compiled faster by)", f"{ms('hf_s')} ({s['hf_s'] / s['base_s']:.2f}x)", ">= 3x",
+                      s["hf_s"] / s["base_s"] >= 3),
+                     ("V-Reason k=2 per token (x compiled baseline)", f"{ms('vreason_k2_s')} ({s['vreason_k2_s'] / s['base_s']:.2f}x)",
+                      "<= 1.15x", s["vreason_k2_s"] / s["base_s"] <= 1.15),
+                     ("Lite per token (x compiled baseline)", f"{ms('lite_s')} ({s['lite_s'] / s['base_s']:.2f}x)", "", None)]
+            if not dry:
+                rows.append(("peak memory V-Reason / baseline", f"{s['vreason_k2_peak'] / 2**30:.2f} / {s['base_peak'] / 2**30:.2f} GiB "
+                             f"({s['vreason_k2_peak'] / s['base_peak']:.3f}x)", "<= 1.02x", s["vreason_k2_peak"] / s["base_peak"] <= 1.02))
+            print(f"[{time.perf_counter() - t_start:4.0f}s] speed: {s}", flush=True)
+    report["runtime_s"] = time.perf_counter() - t_start
+    text = json.dumps(report, indent=1, default=str)
+    for d in {ROOT, os.environ.get("OUT") or ROOT}:
+        with open(os.path.join(d, "device_check.json"), "w") as f:
+            f.write(text)
+    print(f"\ndevice check on {report['device']}, torch {report['torch']}, transformers {report['transformers']}, "
+          f"{report['runtime_s']:.0f} s{' (dry run: timings and targets mean nothing)' if dry else ''}")
+    print(f"| {'check':<62} | {'measured':<40} | {'target':<9} | result |\n|{'-' * 64}|{'-' * 42}|{'-' * 11}|--------|")
+    for what, got, target, ok in rows:
+        print(f"| {what:<62} | {got:<40} | {target:<9} | {'' if ok is None else 'PASS' if ok else 'MISS'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

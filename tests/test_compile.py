@@ -1,0 +1,57 @@
+"""--compile: the decode step under torch.compile (default mode on CPU; CUDA graphs on a GPU are checked by
+device_check.py) gives what the eager step gives, and compiles once per variant, never again."""
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import model as M
+import vreason as R
+from test_vreason import FAMILIES, checkpoint, prepared
+
+MODES = [dict(mode="vreason"), dict(mode="baseline"), dict(mode="lite", update_every=1)]  # V-Reason first: both variants
+
+
+def rel(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def graphs():
+    return counters["stats"]["unique_graphs"]
+
+
+def run(model, prep, n=12, **kw):
+    return [(st.token, st.entropy) for st in R.generate(model, prep, R.Settings(max_new_tokens=n, lr=0.1, **kw), set())]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_compiled_decode_equals_eager_and_compiles_once(ckpt, qwen3, family):
+    eager, comp = (M.load_model(checkpoint(family, ckpt, qwen3)) for _ in range(2))
+    comp.compile_decode()
+    g0 = graphs()
+    prep, other = prepared(eager, (2, 8, 12), 1.0)[0], prepared(eager, (2, 8, 8), 1.0, seed=1)[0]
+    # one step at a time, from the same prefill: the logits agree
+    caches = [m.new_cache(len(prep.ids) + 4) for m in (eager, comp)]
+    with torch.no_grad():
+        out = [m.prefill(prep.ids, prep.pos, prep.visual, c) for m, c in zip((eager, comp), caches)]
+        tok = out[0][0].argmax()[None]
+        for t in range(3):
+            pos = torch.full((3, 1), int(prep.pos.max()) + 1 + t)
+            (a, ha), (b, hb) = (m.decode(tok, pos, c) for m, c in zip((eager, comp), caches))
+            assert rel(a, b) <= 1e-5 and rel(ha, hb) <= 1e-5
+            tok = a.argmax()[None]
+    # whole runs: same tokens, same entropies; the count of compiled graphs stops growing after the first decode steps
+    # (two variants: a plain step, and the one that stops before the last layer's attention for a V-Reason update)
+    seen = []
+    for kw in MODES:
+        steps = R.generate(comp, prep, R.Settings(max_new_tokens=12, lr=0.1, **kw), set())
+        mine = []
+        for st in steps:
+            mine.append((st.token, st.entropy))
+            seen.append(graphs())
+        ref = run(eager, prep, **kw)
+        assert [t for t, _ in mine] == [t for t, _ in ref], kw
+        assert max(abs(a - b) for (_, a), (_, b) in zip(mine, ref)) <= 1e-5 * max(1.0, abs(ref[0][1])), kw
+    before = graphs()
+    a, b = run(comp, other, mode="vreason"), run(eager, other, mode="vreason")  # another prompt, another length
+    assert [t for t, _ in a] == [t for t, _ in b] and graphs() == before
+    assert len(set(seen[2:])) == 1 and graphs() - g0 == 2, seen  # both compiled by the second decode step, then none
