@@ -17,6 +17,7 @@ agree). Writes device_check.json (and $OUT/device_check.json when $OUT is set).
 """
 import argparse
 import gc
+import importlib.util
 import inspect
 import json
 import os
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 import torch
 
@@ -76,8 +78,13 @@ def hf_model(family, shape, std, dev, dtype, seed=0):
                       hidden_act="gelu_pytorch_tanh")
         cls, cfg = transformers.Qwen3VLForConditionalGeneration, transformers.Qwen3VLConfig
     torch.manual_seed(seed)
-    with torch.device(dev), no_init_weights():
-        m = cls(cfg(text_config=text, vision_config=vision, **ids)).to(dtype)
+    default = torch.get_default_dtype()
+    try:  # built in its dtype, on the device: a 7B never exists in float32
+        torch.set_default_dtype(dtype)
+        with torch.device(dev), no_init_weights():
+            m = cls(cfg(text_config=text, vision_config=vision, **ids))
+    finally:
+        torch.set_default_dtype(default)
     with torch.no_grad():
         for name, p in m.named_parameters():
             if name.endswith("bias"):
@@ -180,8 +187,6 @@ def parity(family, dtype, dev, shape, tmp):
 
 
 def positions(model, ids, video):  # the family's M-RoPE positions for these ids (prompt() builds ids and positions)
-    import importlib
-
     fam = importlib.import_module(M.FAMILIES[model.c.model_type])
     return fam.rope_index(ids, [video.grid_thw], [video.second_per_grid], model.c) if model.c.model_type == "qwen2_5_vl" \
         else fam.rope_index(ids, [video.grid_thw], model.c)
@@ -190,9 +195,7 @@ def positions(model, ids, video):  # the family's M-RoPE positions for these ids
 # ----------------------------------------------------------------------------- 2. the CLI
 
 def cli(dev, tmp, dtype):
-    try:
-        import av  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("av") is None:  # the CLI decodes the clip
         return {"error": "PyAV is not installed here: carry its wheel (README, 'The device check')"}
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 
@@ -204,7 +207,7 @@ def cli(dev, tmp, dtype):
     tok.add_special_tokens([AddedToken(k, special=True) for k in SPECIAL])
     tok.save(os.path.join(d, "tokenizer.json"))
     out = {}
-    for mode, extra in (("baseline", []), ("vreason", []), ("lite", []), ("vreason", ["--compile"])):
+    for mode, extra in (("baseline", []), ("vreason", []), ("lite", [])) + ((("vreason", ["--compile"]),) if dev.type == "cpu" else ()):
         j = os.path.join(tmp, "cli.json")
         r = subprocess.run([sys.executable, os.path.join(ROOT, "vreason.py"), "--video", os.path.join(ROOT, "assets", "clip.mp4"),
                             "--q", "What happens after the ball is thrown?", "--model", d, "--mode", mode, "--max-new-tokens", "8",
@@ -260,11 +263,15 @@ class Stamps:  # a transformers streamer: put() sees the prompt once, then each 
         pass
 
 
-def speed(dev, dtype, shape, n, tmp):
-    res = {}
+def speed(dev, dtype, shape, n, tmp, res):
+    """Fills res as it goes, so that what was measured survives a later failure."""
+    t0 = time.perf_counter()
+    say = lambda what: print(f"   speed [{time.perf_counter() - t0:4.0f}s] {what}", flush=True)
     hf = hf_model("qwen2_5_vl", shape, 0.02, dev, dtype)
     path = save(hf, os.path.join(tmp, "7b"))
+    say("written")
     ours = M.load_model(path, dev, dtype)
+    say("loaded")
     c = ours.c
     per_layer = sum(p.numel() * p.element_size() for p in ours.llm.layers.parameters())
     bytes_token = per_layer + (ours.llm.norm.weight.numel() + ours.lm_head.numel()) * ours.lm_head.element_size()
@@ -284,20 +291,23 @@ def speed(dev, dtype, shape, n, tmp):
             hf.generate(**hf_kwargs(hf, ids, px, grid, dev), max_new_tokens=k, do_sample=False, temperature=None, top_p=None,
                         top_k=None, eos_token_id=c.vocab_size, pad_token_id=ENDOFTEXT, streamer=st)
     res["hf_s"] = per_token(st.t)
+    say(f"transformers {1e3 * res['hf_s']:.2f} ms/token")
     del hf
     gc.collect()
     torch.cuda.empty_cache() if dev.type == "cuda" else None
     ours_run(ours, prep, 8, dev)  # warm-up
     res["eager_s"], _ = ours_run(ours, prep, n, dev)
-    t0 = time.perf_counter()
+    say(f"eager {1e3 * res['eager_s']:.2f} ms/token")
+    t1 = time.perf_counter()
     ours.compile_decode()
     ours_run(ours, prep, 8, dev, mode="vreason")  # compiles both variants of the step (and captures the graphs)
-    res["compile_s"] = time.perf_counter() - t0
+    res["compile_s"] = time.perf_counter() - t1
+    say(f"compiled in {res['compile_s']:.0f} s")
     for key, kw in (("base", {}), ("vreason_k2", dict(mode="vreason", update_every=2)), ("lite", dict(mode="lite"))):
         runs = [ours_run(ours, prep, n, dev, **kw) for _ in range(3)]
         res[key + "_s"] = statistics.median(r[0] for r in runs)
         res[key + "_peak"] = max(r[1] for r in runs)
-    return res
+        say(f"{key} {1e3 * res[key + '_s']:.2f} ms/token")
 
 
 # ----------------------------------------------------------------------------- the table
@@ -320,51 +330,79 @@ def main(argv=None):
     report = {"device": torch.cuda.get_device_name(dev) if not dry else "cpu (dry run: scaled-down shapes)",
               "torch": torch.__version__, "transformers": transformers.__version__}
     rows = []
-    with tempfile.TemporaryDirectory(prefix="device-check-") as tmp:
-        if "parity" not in a.skip:
-            for family in ("qwen2_5_vl", "qwen3_vl"):
-                for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 5e-2)):
-                    r = report.setdefault("parity", {})[f"{family} {str(dtype)[6:]}"] = \
-                        parity(family, dtype, dev, "parity-dry" if dry else "parity", tmp)
-                    ok = r["vision"] <= tol and r["logits"] <= tol and (dtype != torch.float32 or r["greedy_same"] == r["greedy_of"])
-                    rows.append((f"parity {family} {str(dtype)[6:]}: vision | logits rel diff, greedy same",
-                                 f"{r['vision']:.1e} | {r['logits']:.1e}, {r['greedy_same']}/{r['greedy_of']}", f"<= {tol:.0e}", ok))
-                    print(f"[{time.perf_counter() - t_start:4.0f}s] parity {family} {dtype}: {r}", flush=True)
-        if "cli" not in a.skip:
-            r = report["cli"] = cli(dev, tmp, torch.float32 if dry else torch.bfloat16)
-            for mode, x in r.items() if "error" not in r else []:
-                rows.append((f"CLI --mode {mode}", f"exit {x['rc']}, {x['tokens']} tokens, {x['updates']} updates", "exit 0",
-                             x["rc"] == 0 and x["tokens"] > 0))
-            if "error" in r:
-                rows.append(("CLI", r["error"], "", False))
-            print(f"[{time.perf_counter() - t_start:4.0f}s] cli: {r}", flush=True)
-        if "speed" not in a.skip:
-            s = report["speed"] = speed(dev, torch.float32 if dry else torch.bfloat16, "7b-dry" if dry else "7b",
-                                        16 if dry else a.new_tokens, tmp)
+
+    def table():
+        print(f"\ndevice check on {report['device']}, torch {report['torch']}, transformers {report['transformers']}, "
+              f"{time.perf_counter() - t_start:.0f} s{' (dry run: timings and targets mean nothing)' if dry else ''}")
+        print(f"| {'check':<62} | {'measured':<40} | {'target':<9} | result |\n|{'-' * 64}|{'-' * 42}|{'-' * 11}|--------|")
+        for what, got, target, ok in rows:
+            print(f"| {what:<62} | {got:<40} | {target:<9} | {'' if ok is None else 'PASS' if ok else 'MISS'} |", flush=True)
+
+    def section(name, run):  # a failure costs its own section only; results are written after each one
+        try:
+            run()
+        except Exception as e:
+            report[name + "_error"] = traceback.format_exc()
+            print(report[name + "_error"], flush=True)
+            rows.append((f"{name}: FAILED", f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", "", False))
+        report["runtime_s"] = time.perf_counter() - t_start
+        text = json.dumps(report, indent=1, default=str)
+        for d in {ROOT, os.environ.get("OUT") or ROOT}:
+            with open(os.path.join(d, "device_check.json"), "w") as f:
+                f.write(text)
+        print(f"[{report['runtime_s']:4.0f}s] {name} done", flush=True)
+
+    def parity_all():
+        for family in ("qwen2_5_vl", "qwen3_vl"):
+            for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 5e-2)):
+                r = report.setdefault("parity", {})[f"{family} {str(dtype)[6:]}"] = \
+                    parity(family, dtype, dev, "parity-dry" if dry else "parity", tmp)
+                ok = r["vision"] <= tol and r["logits"] <= tol and (dtype != torch.float32 or r["greedy_same"] == r["greedy_of"])
+                rows.append((f"parity {family} {str(dtype)[6:]}: vision | logits rel diff, greedy same",
+                             f"{r['vision']:.1e} | {r['logits']:.1e}, {r['greedy_same']}/{r['greedy_of']}", f"<= {tol:.0e}", ok))
+                print(f"[{time.perf_counter() - t_start:4.0f}s] parity {family} {dtype}: {r}", flush=True)
+
+    def cli_all():
+        r = report["cli"] = cli(dev, tmp, torch.float32 if dry else torch.bfloat16)
+        for mode, x in r.items() if "error" not in r else []:
+            rows.append((f"CLI --mode {mode}", f"exit {x['rc']}, {x['tokens']} tokens, {x['updates']} updates", "exit 0",
+                         x["rc"] == 0 and x["tokens"] > 0))
+        if "error" in r:
+            rows.append(("CLI", r["error"], "", False))
+
+    def speed_all():
+        s = report["speed"] = {}
+        try:
+            speed(dev, torch.float32 if dry else torch.bfloat16, "7b-dry" if dry else "7b", 16 if dry else a.new_tokens, tmp, s)
+        finally:  # the rows of what was measured, also when a later step failed
             ms = lambda k: f"{1e3 * s[k]:.2f} ms"
-            rows += [("7B bf16: floor (bytes/token over the copy bandwidth)", f"{ms('floor_s')} ({s['bandwidth'] / 1e12:.2f} TB/s)", "", None),
-                     ("decode eager (x floor)", f"{ms('eager_s')} ({s['eager_s'] / s['floor_s']:.2f}x)", "", None),
-                     (f"decode compiled (x floor); compile {s['compile_s']:.0f} s", f"{ms('base_s')} ({s['base_s'] / s['floor_s']:.2f}x)",
-                      "<= 1.25x", s["base_s"] / s["floor_s"] <= 1.25),
-                     ("transformers generate (ours compiled faster by)", f"{ms('hf_s')} ({s['hf_s'] / s['base_s']:.2f}x)", ">= 3x",
-                      s["hf_s"] / s["base_s"] >= 3),
-                     ("V-Reason k=2 per token (x compiled baseline)", f"{ms('vreason_k2_s')} ({s['vreason_k2_s'] / s['base_s']:.2f}x)",
-                      "<= 1.15x", s["vreason_k2_s"] / s["base_s"] <= 1.15),
-                     ("Lite per token (x compiled baseline)", f"{ms('lite_s')} ({s['lite_s'] / s['base_s']:.2f}x)", "", None)]
-            if not dry:
-                rows.append(("peak memory V-Reason / baseline", f"{s['vreason_k2_peak'] / 2**30:.2f} / {s['base_peak'] / 2**30:.2f} GiB "
-                             f"({s['vreason_k2_peak'] / s['base_peak']:.3f}x)", "<= 1.02x", s["vreason_k2_peak"] / s["base_peak"] <= 1.02))
-            print(f"[{time.perf_counter() - t_start:4.0f}s] speed: {s}", flush=True)
-    report["runtime_s"] = time.perf_counter() - t_start
-    text = json.dumps(report, indent=1, default=str)
-    for d in {ROOT, os.environ.get("OUT") or ROOT}:
-        with open(os.path.join(d, "device_check.json"), "w") as f:
-            f.write(text)
-    print(f"\ndevice check on {report['device']}, torch {report['torch']}, transformers {report['transformers']}, "
-          f"{report['runtime_s']:.0f} s{' (dry run: timings and targets mean nothing)' if dry else ''}")
-    print(f"| {'check':<62} | {'measured':<40} | {'target':<9} | result |\n|{'-' * 64}|{'-' * 42}|{'-' * 11}|--------|")
-    for what, got, target, ok in rows:
-        print(f"| {what:<62} | {got:<40} | {target:<9} | {'' if ok is None else 'PASS' if ok else 'MISS'} |")
+            x = lambda k, base: f"{ms(k)} ({s[k] / s[base]:.2f}x)"
+            have = lambda *k: all(key in s for key in k)
+            if have("floor_s"):
+                rows.append(("7B bf16: floor (bytes/token over the copy bandwidth)", f"{ms('floor_s')} ({s['bandwidth'] / 1e12:.2f} TB/s)", "", None))
+            if have("eager_s", "floor_s"):
+                rows.append(("decode eager (x floor)", x("eager_s", "floor_s"), "", None))
+            if have("base_s", "floor_s"):
+                rows.append((f"decode compiled (x floor); compile {s['compile_s']:.0f} s", x("base_s", "floor_s"), "<= 1.25x",
+                             s["base_s"] / s["floor_s"] <= 1.25))
+            if have("hf_s", "base_s"):
+                rows.append(("transformers generate (ours compiled faster by)", x("hf_s", "base_s"), ">= 3x", s["hf_s"] / s["base_s"] >= 3))
+            elif have("hf_s", "eager_s"):
+                rows.append(("transformers generate (ours eager faster by)", x("hf_s", "eager_s"), "", None))
+            if have("vreason_k2_s", "base_s"):
+                rows.append(("V-Reason k=2 per token (x compiled baseline)", x("vreason_k2_s", "base_s"), "<= 1.15x",
+                             s["vreason_k2_s"] / s["base_s"] <= 1.15))
+            if have("lite_s", "base_s"):
+                rows.append(("Lite per token (x compiled baseline)", x("lite_s", "base_s"), "", None))
+            if have("vreason_k2_peak", "base_peak") and not dry:
+                rows.append(("peak memory V-Reason / baseline", f"{s['vreason_k2_peak'] / 2**30:.2f} / {s['base_peak'] / 2**30:.2f} "
+                             f"GiB ({s['vreason_k2_peak'] / s['base_peak']:.3f}x)", "<= 1.02x", s["vreason_k2_peak"] / s["base_peak"] <= 1.02))
+
+    with tempfile.TemporaryDirectory(prefix="device-check-") as tmp:
+        for name, run in (("parity", parity_all), ("cli", cli_all), ("speed", speed_all)):
+            if name not in a.skip:
+                section(name, run)
+                table()
     return 0
 
 
