@@ -163,7 +163,9 @@ def parity(family, dtype, dev, shape, tmp):
         emb, deep = hf_vision(hf.model.visual(px.to(dev, dtype), grid_thw=torch.tensor([grid], device=dev)))
         out["vision"] = max([rel(mine.embeds, emb)] + [rel(a, b) for a, b in zip(mine.deepstack, deep)])
         # prefill + 3 decode steps (a fixed continuation) vs full forwards over the growing sequence
-        prep = R.Prepared(torch.tensor(ids, device=dev), positions(ours, ids, video).to(dev), mine, video, 0.0)
+        # the decoder from here on gets transformers' vision features: in fp32 on CUDA a random vision tower amplifies
+        # rounding (Qwen2.5-VL: vision 4e-5 apart gave logits 1.5e-3 apart, both 7-8e-4 from a float64 CPU run)
+        prep = R.Prepared(torch.tensor(ids, device=dev), positions(ours, ids, video).to(dev), M.Visual(emb, list(deep)), video, 0.0)
         cache = ours.new_cache(len(ids) + 4)
         logits, _ = ours.prefill(prep.ids, prep.pos, prep.visual, cache)
         nxt, diffs = int(prep.pos.max()) + 1, []
