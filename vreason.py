@@ -79,9 +79,10 @@ class Step:
     opt_s: float = 0.0  # time spent optimizing + redecoding at this token
 
 
-def prepare(model, tok, video, question, system=None):
-    """The family's prompt ids and explicit positions, and the video through its vision encoder."""
-    ids, pos = model.prompt(tok, question, video, system)
+def prepare(model, tok, video, question, system=None, prompt=None):
+    """The family's prompt ids and explicit positions (or `prompt`, those already built), and the video through its
+    vision encoder."""
+    ids, pos = prompt or model.prompt(tok, question, video, system)
     dev = model.layer_devices()[0]  # where the embedding and the first layer are
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -812,7 +813,7 @@ def run(a):
     t_load = time.perf_counter() - t0
     stop_ids = {tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")} - {None}
     s = Settings.from_args(a)
-    prep = prepare(model, tok, video, a.q, a.system)
+    prep = prepare(model, tok, video, a.q, a.system, prompt=(ids, pos))  # the checks' prompt: built once
     vm = video.meta
     say(f"-- prompt {len(prep.ids)} tokens, video {video.n_tokens} tokens ({len(vm['frame_indices'])} frames "
         f"{vm['resized_width']}x{vm['resized_height']}, grid {list(video.grid_thw)}) | video read {t_video:.2f}s, "
