@@ -173,7 +173,7 @@ def prepared(model, grid, dev):
 def ours_decode(model, prep, n, **settings):  # -> time stamp of every generated token, the steps
     ts, steps = [], []
     for st in R.generate(model, prep, R.Settings(max_new_tokens=n, **settings), set(), {}):
-        ts.append(time.perf_counter())  # choose() has read the token back: the device is synchronized
+        ts.append(time.perf_counter())  # the token was read back (the next step is already queued behind it)
         steps.append(st)
     return ts, steps
 

@@ -5,8 +5,9 @@
 
 What it checks, on random weights written by transformers' save_pretrained (the official layout) and loaded by ours:
   1. parity, ours vs transformers, fp32 and bf16, both families (Qwen2.5-VL, Qwen3-VL), a mid-size checkpoint: vision
-     features (and DeepStack's), prefill + 3 decode-step logits, greedy tokens (32);
-  2. the CLI end to end in all three modes, and with --compile (needs PyAV: carry its wheel, see README);
+     features (and DeepStack's), prefill + 3 decode-step logits, greedy tokens (32); and, Qwen3-VL fp32, --compile
+     (CUDA graphs, Triton products) against eager: logits and V-Reason's tokens;
+  2. the CLI end to end in all three modes (and with --compile in the dry run; needs PyAV: carry its wheel, README);
   3. Qwen2.5-VL-7B proportions in bf16: decode ms/token eager and compiled (torch.compile + CUDA graphs) against the
      bandwidth floor measured in the same run (a large device-to-device copy), transformers' generate on the same
      weights, V-Reason k=2 and Lite against the compiled baseline, and peak memory.
@@ -166,25 +167,45 @@ def parity(family, dtype, dev, shape, tmp):
         # the decoder from here on gets transformers' vision features: in fp32 on CUDA a random vision tower amplifies
         # rounding (Qwen2.5-VL: vision 4e-5 apart gave logits 1.5e-3 apart, both 7-8e-4 from a float64 CPU run)
         prep = R.Prepared(torch.tensor(ids, device=dev), positions(ours, ids, video).to(dev), M.Visual(emb, list(deep)), video, 0.0)
-        cache = ours.new_cache(len(ids) + 4)
-        logits, _ = ours.prefill(prep.ids, prep.pos, prep.visual, cache)
-        nxt, diffs = int(prep.pos.max()) + 1, []
+        mine = steps(ours, prep, 4)
+        diffs = []
         for s in range(4):
             full = ids + [1000 + 37 * j for j in range(s)]
             hf.model.rope_deltas = None
             ref = hf(**hf_kwargs(hf, full, px, grid, dev)).logits[0, -1]
-            diffs.append(rel(logits, ref))
-            if s < 3:
-                logits, _ = ours.decode(torch.tensor([1000 + 37 * s], device=dev), torch.full((3, 1), nxt + s, device=dev), cache)
+            diffs.append(rel(mine[s], ref))
         out["logits"] = max(diffs)
     n = 32
     mine_t = [st.token for st in R.generate(ours, prep, R.Settings(max_new_tokens=n), {IM_END, ENDOFTEXT})]
+    if dtype == torch.float32 and family == "qwen3_vl":  # --compile (CUDA graphs, Triton products) vs eager: one family
+        # (the decoder is shared; a compile with coordinate-descent tuning costs ~45 s on a bare machine)
+        vr = R.Settings(max_new_tokens=n, mode="vreason")
+        eager_t = [st.token for st in R.generate(ours, prep, vr, {IM_END, ENDOFTEXT})]
+        torch._dynamo.reset()  # (the graphs of a model compiled before in this process are of no use here)
+        ours.compile_decode()
+        out["compiled"] = max(rel(a, b) for a, b in zip(steps(ours, prep, 4), mine))
+        comp_t = [st.token for st in R.generate(ours, prep, vr, {IM_END, ENDOFTEXT})]
+        out["compiled_vreason_same"] = next((i for i, (a, b) in enumerate(zip(comp_t, eager_t)) if a != b), min(len(comp_t), len(eager_t)))
+        out["compiled_vreason_of"] = len(eager_t)
     hf.model.rope_deltas = None
     with torch.no_grad():
         ref_t = hf.generate(**hf_kwargs(hf, ids, px, grid, dev), max_new_tokens=n, do_sample=False, temperature=None,
                             top_p=None, top_k=None, eos_token_id=[IM_END, ENDOFTEXT], pad_token_id=ENDOFTEXT)[0, len(ids):].tolist()
     same = next((i for i, (a, b) in enumerate(zip(mine_t, ref_t)) if a != b), min(len(mine_t), len(ref_t)))
     out.update(greedy_same=same, greedy_of=len(ref_t))
+    return out
+
+
+def steps(model, prep, n):
+    """Logits of the prefill and then n - 1 decode steps of a fixed continuation (1000, 1037, ...), fp32."""
+    cache = model.new_cache(len(prep.ids) + n)
+    with torch.no_grad():
+        logits, _ = model.prefill(prep.ids, prep.pos, prep.visual, cache)
+        out, nxt = [logits.float()], int(prep.pos.max()) + 1
+        for s in range(n - 1):
+            logits, _ = model.decode(torch.tensor([1000 + 37 * s], device=prep.ids.device),
+                                     torch.full((3, 1), nxt + s, device=prep.ids.device), cache)
+            out.append(logits.float())
     return out
 
 
@@ -247,7 +268,7 @@ def ours_run(model, prep, n, dev, **kw):
     torch.cuda.reset_peak_memory_stats(dev) if dev.type == "cuda" else None
     stamps = []
     for _ in R.generate(model, prep, R.Settings(max_new_tokens=n, **kw), set()):
-        stamps.append(time.perf_counter())  # the token was read back: the device is synchronized
+        stamps.append(time.perf_counter())  # the token was read back (the next step is already queued behind it)
     peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0
     return per_token(stamps), peak
 
@@ -298,13 +319,16 @@ def speed(dev, dtype, shape, n, tmp, res):
     gc.collect()
     torch.cuda.empty_cache() if dev.type == "cuda" else None
     ours_run(ours, prep, 8, dev)  # warm-up
+    eager_logits = steps(ours, prep, 4)
     res["eager_s"], _ = ours_run(ours, prep, n, dev)
     say(f"eager {1e3 * res['eager_s']:.2f} ms/token")
     t1 = time.perf_counter()
+    torch._dynamo.reset()
     ours.compile_decode()
     ours_run(ours, prep, 8, dev, mode="vreason")  # compiles both variants of the step (and captures the graphs)
     res["compile_s"] = time.perf_counter() - t1
-    say(f"compiled in {res['compile_s']:.0f} s")
+    res["compiled_vs_eager"] = max(rel(a, b) for a, b in zip(steps(ours, prep, 4), eager_logits))
+    say(f"compiled in {res['compile_s']:.0f} s; logits vs eager {res['compiled_vs_eager']:.1e}")
     for key, kw in (("base", {}), ("vreason_k2", dict(mode="vreason", update_every=2)), ("lite", dict(mode="lite"))):
         runs = [ours_run(ours, prep, n, dev, **kw) for _ in range(3)]
         res[key + "_s"] = statistics.median(r[0] for r in runs)
@@ -362,6 +386,10 @@ def main(argv=None):
                 ok = r["vision"] <= tol and r["logits"] <= tol and (dtype != torch.float32 or r["greedy_same"] == r["greedy_of"])
                 rows.append((f"parity {family} {str(dtype)[6:]}: vision | logits rel diff, greedy same",
                              f"{r['vision']:.1e} | {r['logits']:.1e}, {r['greedy_same']}/{r['greedy_of']}", f"<= {tol:.0e}", ok))
+                if "compiled" in r:
+                    rows.append((f"  {family} fp32 --compile vs eager: logits, V-Reason tokens same",
+                                 f"{r['compiled']:.1e}, {r['compiled_vreason_same']}/{r['compiled_vreason_of']}", "<= 1e-04",
+                                 r["compiled"] <= 1e-4 and r["compiled_vreason_same"] == r["compiled_vreason_of"]))
                 print(f"[{time.perf_counter() - t_start:4.0f}s] parity {family} {dtype}: {r}", flush=True)
 
     def cli_all():
@@ -382,6 +410,8 @@ def main(argv=None):
             have = lambda *k: all(key in s for key in k)
             if have("floor_s"):
                 rows.append(("7B bf16: floor (bytes/token over the copy bandwidth)", f"{ms('floor_s')} ({s['bandwidth'] / 1e12:.2f} TB/s)", "", None))
+            if have("compiled_vs_eager"):
+                rows.append(("compiled vs eager, 7B bf16: logits rel diff (4 steps)", f"{s['compiled_vs_eager']:.1e}", "", None))
             if have("eager_s", "floor_s"):
                 rows.append(("decode eager (x floor)", x("eager_s", "floor_s"), "", None))
             if have("base_s", "floor_s"):

@@ -151,18 +151,19 @@ class Controller:
         self.dv.grad = None
 
     def update(self, model, cache, h_in, pos, alpha, logits=None):
-        """`steps` Adam steps on the switching loss, then write the new rows into the cache. Returns the first loss.
-        `logits`, if given, is this step's own forward through self.logits (graph attached): the first step reuses it."""
-        losses = []
+        """`steps` Adam steps on the switching loss, then write the new rows into the cache. Returns the first loss (on
+        the device: nothing here waits for it). `logits`, if given, is this step's own forward through self.logits
+        (graph attached): the first step reuses it."""
         for i in range(self.s.steps):
             z = logits if i == 0 and logits is not None else self.logits(model, cache, h_in, pos)
             loss = alpha * kl_to_uniform(z, self.s.kl)
             loss.backward()  # into dv only: weights are frozen, h_in and the cache carry no graph
             self.adam()
-            losses.append(float(loss.detach()))
+            if i == 0:
+                first = loss.detach()
         with torch.no_grad():
             cache.v[-1][:, self.idx] = self.rows().to(cache.v[-1].dtype)
-        return losses[0]
+        return first
 
     def ratio(self):  # ||V - V0|| / ||V0|| over the controlled rows
         with torch.no_grad():
@@ -190,10 +191,14 @@ class Switch:
     def __init__(self, beta, objective):
         self.beta, self.objective, self.ema, self.peak, self.alpha = beta, objective, None, None, None
 
-    def __call__(self, H):  # entropy of the current token -> alpha
+    def __call__(self, H):
+        """Entropy of the current token -> alpha. All float64 tensors where H is (the host's arithmetic, on the device:
+        the decode loop reads them a step later, so the device never waits for the rule)."""
+        H = torch.as_tensor(H, dtype=torch.float64)
         self.ema = H if self.ema is None else self.beta * self.ema + (1 - self.beta) * H
-        self.peak = self.ema if self.peak is None else max(self.peak, self.ema)
-        self.alpha = {"switch": -1.0 if self.ema < self.peak else 1.0, "minimize": -1.0, "maximize": 1.0}[self.objective]
+        self.peak = self.ema if self.peak is None else torch.maximum(self.peak, self.ema)
+        explore = (self.ema >= self.peak).double()  # 1 at the running peak, 0 below it
+        self.alpha = {"switch": 2 * explore - 1, "minimize": -torch.ones_like(H), "maximize": torch.ones_like(H)}[self.objective]
         return self.alpha
 
 
@@ -250,46 +255,50 @@ def generate(model, prep, s, stop_ids, info=None):
     sync(model)
     info.update(prefill_s=time.perf_counter() - t0, kv_bytes_after=cache.nbytes(), video_tokens_kept=len(rows), updates=0)
     ctrl = Controller(cache, rows, s) if s.mode in ("vreason", "lite") and len(rows) else None  # nothing to steer without video
-    pos = prep.pos[:, -1:]  # position of the row whose logits we hold; carried explicitly, never the cache length
+    pos = prep.pos[:, -1:].clone()  # position of the row whose logits we hold; explicit, never the cache length
     nxt = int(prep.pos.max()) + 1
     seen, switch = prep.ids.clone(), Switch(s.beta, s.objective)
     due = lambda t: ctrl is not None and s.steps > 0 and t % s.update_every == 0  # an update at step t
     try:
         for t in range(s.max_new_tokens):
-            H = entropy(logits.detach())  # on the device; read with the token below
-            step = Step(0, 0.0, 0.0, 0.0, 0.0)
-            if due(t):  # the switching rule needs this entropy on the host before the update (eager, spec §4 step 3)
-                step.entropy_before = float(H)
-                alpha = switch(step.entropy_before)
-                t0 = time.perf_counter()  # (the update's first forward, when shared with the decode step, is not counted)
+            H = entropy(logits.detach())
+            if due(t):  # spec §4 step 3: the switching rule on this entropy, an update of ΔV, a redecode
+                H_before, alpha, clock = H, switch(H), Stopwatch(logits.device)
                 graph = logits if logits.requires_grad else None
-                step.loss, step.updated = ctrl.update(model, cache, h_in, pos, alpha, graph), True
+                loss = ctrl.update(model, cache, h_in, pos, alpha, graph)
                 logits = logits.detach()
                 if s.redecode:
                     with torch.no_grad():
                         logits = ctrl.logits(model, cache, h_in, pos)
                     H = entropy(logits)
-                sync(model)
-                step.opt_s = time.perf_counter() - t0
+                clock.stop()  # (the update's first forward, when shared with the decode step, is not counted)
                 info["updates"] += 1
+            else:
+                switch(H)
             token = choose(logits, s, seen, gen)
-            # the one device -> host read of a plain step: the token (to stream it and to stop) and its entropy
-            token_f, step.entropy = torch.stack([token[0].double(), H.double()]).tolist()
-            step.token = int(token_f)  # (ids < 2**53 are exact in float64)
+            # this step's numbers are all on the device: start their copy to the host, launch the next step, and only
+            # then wait for the copy, so that the device always has the next step queued while the host streams this
+            # one (no host sync inside a step; a stop token costs one step computed and dropped)
+            nums = [token[0], H, switch.ema, switch.peak, switch.alpha] + ([H_before, loss] if due(t) else [])
+            read = to_host_later(torch.stack([x.double() for x in nums]))  # (ids < 2**53 are exact in float64)
+            last = t == s.max_new_tokens - 1
+            if not last:
+                seen = torch.cat([seen, token.to(seen.device)])
+                pos = torch.full((3, 1), nxt + t, device=dev)
+                with torch.no_grad():
+                    next_logits, h_in = model.decode(seen[-1:], pos, cache, finish=not due(t + 1))
+                if next_logits is None:  # an update is due: its first forward (the last layer through the controller's
+                    next_logits = ctrl.logits(model, cache, h_in, pos)  # rows, with grad) gives that step's logits too
+            token_f, *floats = read()
+            step = Step(int(token_f), *floats[:4])
+            if due(t):
+                step.updated, step.entropy_before, step.loss, step.opt_s = True, *floats[4:], clock.seconds()
             if not math.isfinite(step.entropy):  # stop rather than emit garbage and write NaN
                 raise M.ModelError(f"non-finite logits at generated token {t} (NaN/inf weights, float16 overflow, too large a --lr)")
-            if not step.updated:
-                switch(step.entropy)
-            step.alpha, step.ema, step.peak = switch.alpha, switch.ema, switch.peak
             yield step
-            if step.token in stop_ids or t == s.max_new_tokens - 1:
+            if step.token in stop_ids or last:
                 return
-            seen = torch.cat([seen, token.to(seen.device)])
-            pos = torch.full((3, 1), nxt + t, device=dev)
-            with torch.no_grad():
-                logits, h_in = model.decode(seen[-1:], pos, cache, finish=not due(t + 1))
-            if logits is None:  # an update is due: its first forward (the last layer through the controller's
-                logits = ctrl.logits(model, cache, h_in, pos)  # rows, with grad) gives this step's logits too
+            logits = next_logits
     finally:  # once, however the run ends (stop token, length, or the caller dropping the iterator)
         if ctrl is not None:
             info["dv_ratio"] = ctrl.ratio()
@@ -306,6 +315,40 @@ class UsageError(Exception):
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line on stderr, exit 2 (argparse prints the usage block too)
         raise UsageError(message)
+
+
+def to_host_later(x):
+    """Start copying x to the host; returns a function that waits for that copy alone (not for work queued after
+    it) and gives x as a list. Elsewhere than CUDA, the plain read."""
+    if x.device.type != "cuda":
+        return x.tolist
+    host, done = torch.empty(x.shape, dtype=x.dtype, pin_memory=True), torch.cuda.Event()
+    host.copy_(x, non_blocking=True)
+    done.record(torch.cuda.current_stream(x.device))
+    return lambda: (done.synchronize(), host.tolist())[1]
+
+
+class Stopwatch:
+    """Device time of the work queued between creation and stop(), read with seconds() once that work is done:
+    CUDA events (no host sync), or the wall clock elsewhere (there ops run as they are called)."""
+
+    def __init__(self, dev):
+        self.cuda = dev.type == "cuda"
+        if self.cuda:
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.stream = torch.cuda.current_stream(dev)
+            self.start.record(self.stream)
+        else:
+            self.t = time.perf_counter()
+
+    def stop(self):
+        if self.cuda:
+            self.end.record(self.stream)
+        else:
+            self.t = time.perf_counter() - self.t
+
+    def seconds(self):
+        return self.start.elapsed_time(self.end) / 1e3 if self.cuda else self.t
 
 
 def sync(model):  # before reading a timer: every GPU the model uses (it may be split across several)

@@ -284,6 +284,25 @@ def test_generate_records_alpha_ema_and_updates(tiny):
         assert (st.alpha, st.ema, st.peak) == (alpha, sw.ema, sw.peak)
         assert st.updated == (st.loss is not None)
 
+    assert all(st.opt_s > 0 for st in steps if st.updated)  # the update's time, read after it ran
+
+
+def test_next_step_is_queued_before_this_one_is_read(tiny, monkeypatch):
+    """The device never waits for the host: a token's numbers are read only once the next step has been launched
+    (on a GPU the read waits for its own copy alone), the last token's without a step after it. A stop token still
+    ends the run at once (the step launched after it is dropped)."""
+    calls, decode, read = [], tiny.decode, R.to_host_later
+    monkeypatch.setattr(tiny, "decode", lambda *a, **kw: calls.append("decode") or decode(*a, **kw))
+    monkeypatch.setattr(R, "to_host_later", lambda x: (lambda f: lambda: calls.append("read") or f())(read(x)))
+    prep = prepared(tiny, (2, 12, 20), 1.0)[0]
+    steps = list(R.generate(tiny, prep, R.Settings(mode="vreason", max_new_tokens=5), STOP))
+    assert calls == ["decode", "read"] * 4 + ["read"] and len(steps) == 5
+    calls.clear()
+    stop = {steps[1].token}
+    assert [st.token for st in R.generate(tiny, prep, R.Settings(mode="vreason", max_new_tokens=5), stop)] == \
+        [st.token for st in steps[: [st.token for st in steps].index(steps[1].token) + 1]]
+    assert calls == ["decode", "read"] * (len(calls) // 2)
+
 
 # ----------------------------------------------------------------------------- Lite
 
