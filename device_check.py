@@ -185,15 +185,17 @@ def parity(family, dtype, dev, shape, tmp):
         ours.compile_decode()
         out["compiled"] = max(rel(a, b) for a, b in zip(steps(ours, prep, 4), mine))
         comp_t = [st.token for st in R.generate(ours, prep, vr, {IM_END, ENDOFTEXT})]
-        out["compiled_vreason_same"] = next((i for i, (a, b) in enumerate(zip(comp_t, eager_t)) if a != b), min(len(comp_t), len(eager_t)))
-        out["compiled_vreason_of"] = len(eager_t)
+        out.update(compiled_vreason_same=agree(comp_t, eager_t), compiled_vreason_of=len(eager_t))
     hf.model.rope_deltas = None
     with torch.no_grad():
         ref_t = hf.generate(**hf_kwargs(hf, ids, px, grid, dev), max_new_tokens=n, do_sample=False, temperature=None,
                             top_p=None, top_k=None, eos_token_id=[IM_END, ENDOFTEXT], pad_token_id=ENDOFTEXT)[0, len(ids):].tolist()
-    same = next((i for i, (a, b) in enumerate(zip(mine_t, ref_t)) if a != b), min(len(mine_t), len(ref_t)))
-    out.update(greedy_same=same, greedy_of=len(ref_t))
+    out.update(greedy_same=agree(mine_t, ref_t), greedy_of=len(ref_t))
     return out
+
+
+def agree(a, b):  # how many tokens two runs share before they first differ
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def steps(model, prep, n):

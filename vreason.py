@@ -233,6 +233,40 @@ def video_rows(model, ids):  # the contract's spans -> one index tensor of cache
     return torch.cat([torch.arange(lo, hi) for lo, hi in spans]) if spans else torch.zeros(0, dtype=torch.long)
 
 
+def to_host_later(x):
+    """Start copying x to the host; returns a function that waits for that copy alone (not for work queued after
+    it) and gives x as a list. Elsewhere than CUDA, the plain read."""
+    if x.device.type != "cuda":
+        return x.tolist
+    host, done = torch.empty(x.shape, dtype=x.dtype, pin_memory=True), torch.cuda.Event()
+    host.copy_(x, non_blocking=True)
+    done.record(torch.cuda.current_stream(x.device))
+    return lambda: (done.synchronize(), host.tolist())[1]
+
+
+class Stopwatch:
+    """Device time of the work queued between creation and stop(), read with seconds() once that work is done:
+    CUDA events (no host sync), or the wall clock elsewhere (there ops run as they are called)."""
+
+    def __init__(self, dev):
+        self.cuda = dev.type == "cuda"
+        if self.cuda:
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.stream = torch.cuda.current_stream(dev)
+            self.start.record(self.stream)
+        else:
+            self.t = time.perf_counter()
+
+    def stop(self):
+        if self.cuda:
+            self.end.record(self.stream)
+        else:
+            self.t = time.perf_counter() - self.t
+
+    def seconds(self):
+        return self.start.elapsed_time(self.end) / 1e3 if self.cuda else self.t
+
+
 def generate(model, prep, s, stop_ids, info=None):
     """Decode one sample (batch 1), yielding a Step per token (the stop token included when produced). Each step
     follows spec §4 in order: logits -> entropy, EMA, peak -> every k-th token an update of ΔV and a redecode ->
@@ -315,40 +349,6 @@ class UsageError(Exception):
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line on stderr, exit 2 (argparse prints the usage block too)
         raise UsageError(message)
-
-
-def to_host_later(x):
-    """Start copying x to the host; returns a function that waits for that copy alone (not for work queued after
-    it) and gives x as a list. Elsewhere than CUDA, the plain read."""
-    if x.device.type != "cuda":
-        return x.tolist
-    host, done = torch.empty(x.shape, dtype=x.dtype, pin_memory=True), torch.cuda.Event()
-    host.copy_(x, non_blocking=True)
-    done.record(torch.cuda.current_stream(x.device))
-    return lambda: (done.synchronize(), host.tolist())[1]
-
-
-class Stopwatch:
-    """Device time of the work queued between creation and stop(), read with seconds() once that work is done:
-    CUDA events (no host sync), or the wall clock elsewhere (there ops run as they are called)."""
-
-    def __init__(self, dev):
-        self.cuda = dev.type == "cuda"
-        if self.cuda:
-            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            self.stream = torch.cuda.current_stream(dev)
-            self.start.record(self.stream)
-        else:
-            self.t = time.perf_counter()
-
-    def stop(self):
-        if self.cuda:
-            self.end.record(self.stream)
-        else:
-            self.t = time.perf_counter() - self.t
-
-    def seconds(self):
-        return self.start.elapsed_time(self.end) / 1e3 if self.cuda else self.t
 
 
 def sync(model):  # before reading a timer: every GPU the model uses (it may be split across several)
