@@ -1,6 +1,6 @@
 """The device check: one call on a GPU machine, one table (issue 12).
 
-    python device_check.py                 # CUDA, bf16 speed section at Qwen2.5-VL-7B proportions; < 8 min on an H100
+    python device_check.py                 # CUDA, bf16 speed section at Qwen2.5-VL-7B proportions; planned < 8 min, H100
     python device_check.py --device cpu    # dry run: every step on scaled-down shapes (its timings mean nothing)
 
 What it checks, on random weights written by transformers' save_pretrained (the official layout) and loaded by ours:
@@ -10,7 +10,9 @@ What it checks, on random weights written by transformers' save_pretrained (the 
   2. the CLI end to end in all three modes (and with --compile in the dry run; needs PyAV: carry its wheel, README);
   3. Qwen2.5-VL-7B proportions in bf16: decode ms/token eager and compiled (torch.compile + CUDA graphs) against the
      bandwidth floor measured in the same run (a large device-to-device copy), transformers' generate on the same
-     weights, V-Reason k=2 and Lite against the compiled baseline, and peak memory.
+     weights, V-Reason k=2 and Lite against the compiled baseline, and peak memory; then at a video-length prompt
+     (4096 video tokens) compiled decode and V-Reason k=2, and the decode attention alone, SDPA's memory-efficient
+     kernel against the written-out sums the compiled step runs, at 512 rows and at that length.
 Targets (H100, bf16, batch 1): compiled decode <= 1.25x the floor, >= 3x transformers' tokens/s, V-Reason k=2 <= 1.15x
 baseline per token, peak memory <= 1.02x baseline. transformers is needed here only (the machine's 5.x: its Qwen2.5-VL
 wants mm_token_type_ids and casts second_per_grid to an integer, so the prompts use 1.0 s per group, where both rules
@@ -288,7 +290,7 @@ class Stamps:  # a transformers streamer: put() sees the prompt once, then each 
         pass
 
 
-def speed(dev, dtype, shape, n, tmp, res):
+def speed(dev, dtype, shape, n, tmp, res, skip=()):
     """Fills res as it goes, so that what was measured survives a later failure."""
     t0 = time.perf_counter()
     say = lambda what: print(f"   speed [{time.perf_counter() - t0:4.0f}s] {what}", flush=True)
@@ -336,6 +338,63 @@ def speed(dev, dtype, shape, n, tmp, res):
         res[key + "_s"] = statistics.median(r[0] for r in runs)
         res[key + "_peak"] = max(r[1] for r in runs)
         say(f"{key} {1e3 * res[key + '_s']:.2f} ms/token")
+    if "long" in skip:
+        return
+    # a video-length prompt (4096 video tokens: 32 frames at Video-R1's 256 tokens a frame pair): the cache grows past
+    # 512 rows (a recompile, then dynamic in the length), and attention is a larger share of a token
+    grid = (4, 32, 32) if dev.type == "cpu" else (16, 32, 32)
+    ids, px, video = inputs("qwen2_5_vl", grid)
+    with torch.no_grad():
+        prep = R.Prepared(torch.tensor(ids, device=dev), positions(ours, ids, video).to(dev), ours.encode_video(video), video, 0.0)
+    ours_run(ours, prep, 8, dev)  # the recompile
+    res["long_rows"] = len(ids) + n // 2  # valid cache rows, on average over the run
+    res["long_floor_s"] = (bytes_token + 2 * res["long_rows"] * c.n_layers * c.n_kv_heads * c.head_dim * 2) / res["bandwidth"]
+    for key, kw in (("long_s", {}), ("long_vreason_k2_s", dict(mode="vreason", update_every=2))):
+        res[key] = statistics.median(ours_run(ours, prep, n, dev, **kw)[0] for _ in range(3))
+        say(f"{len(ids)}-token prompt, {kw.get('mode', 'baseline')}: {1e3 * res[key]:.2f} ms/token")
+    for rows in (512, len(ids) + n) if "attention" not in skip else ():
+        res[f"attention_us_{rows}"] = attention_ab(dev, ours.dtype, c, rows)
+        say(f"decode attention at {rows} rows, µs a layer (eager SDPA, products; compiled SDPA, sums): "
+            f"{res[f'attention_us_{rows}']}")
+
+
+def attention_ab(dev, dtype, c, rows):
+    """The decode attention alone over a cache of `rows` rows, every layer's in turn, microseconds a layer: eager, SDPA
+    (the eager step's: its memory-efficient kernel runs one block per kv head) and the same as two products and a
+    softmax; compiled into one graph (CUDA graphs, as the step), that SDPA call (the compiled step's attention before)
+    and the written-out sums the compiled step runs now (model.decode_attention)."""
+    g = torch.Generator(dev).manual_seed(0)
+    H, Hkv, d = c.n_heads, c.n_kv_heads, c.head_dim
+    q = torch.randn(H, 1, d, device=dev, dtype=dtype, generator=g)
+    KV = [torch.randn(2, Hkv, rows, d, device=dev, dtype=dtype, generator=g) for _ in range(c.n_layers)]
+    mask = torch.zeros(1, rows, device=dev, dtype=dtype).masked_fill(torch.arange(rows, device=dev) > rows - 40, -float("inf"))
+    for t in [q, mask, *KV] if dev.type == "cuda" else []:  # as the step's cache: CUDA graphs read them in place
+        torch._dynamo.mark_static_address(t)
+
+    def sdpa(q, K, V, mask):
+        with M.sdpa_kernel(M.SDPA_BACKENDS):
+            return torch.nn.functional.scaled_dot_product_attention(q.reshape(1, Hkv, H // Hkv, d), K[None], V[None], attn_mask=mask)
+
+    def products(q, K, V, mask):
+        s = (q.reshape(Hkv, H // Hkv, d) @ K.mT).float() / d**0.5 + mask
+        return s.softmax(-1).to(V.dtype) @ V
+
+    out = []
+    for form, compiled in ((sdpa, False), (products, False), (sdpa, True), (M.decode_attention, True)):
+        f = lambda: [form(q, K, V, mask) for K, V in KV]
+        if compiled:
+            torch._dynamo.reset()
+            f = torch.compile(f, fullgraph=True, options={"triton.cudagraphs": True, "coordinate_descent_tuning": True}
+                              if dev.type == "cuda" else None)
+        for i in range(23):
+            if i == 3:  # after a compile and two warm-up runs
+                sync(dev)
+                t0 = time.perf_counter()
+            torch.compiler.cudagraph_mark_step_begin()
+            f()
+        sync(dev)
+        out.append(round((time.perf_counter() - t0) / 20 / c.n_layers * 1e6, 1))
+    return out
 
 
 # ----------------------------------------------------------------------------- the table
@@ -344,7 +403,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--skip", default="", help="comma-separated sections to leave out: parity,cli,speed")
+    p.add_argument("--skip", default="", help="comma-separated sections to leave out: parity,cli,speed; "
+                   "or of speed, its video-length prompt and attention A/B: long (both), attention")
     a = p.parse_args(argv)
     dry = a.device == "cpu"
     if not dry and not torch.cuda.is_available():
@@ -362,9 +422,9 @@ def main(argv=None):
     def table():
         print(f"\ndevice check on {report['device']}, torch {report['torch']}, transformers {report['transformers']}, "
               f"{time.perf_counter() - t_start:.0f} s{' (dry run: timings and targets mean nothing)' if dry else ''}")
-        print(f"| {'check':<62} | {'measured':<40} | {'target':<9} | result |\n|{'-' * 64}|{'-' * 42}|{'-' * 11}|--------|")
+        print(f"| {'check':<72} | {'measured':<40} | {'target':<9} | result |\n|{'-' * 74}|{'-' * 42}|{'-' * 11}|--------|")
         for what, got, target, ok in rows:
-            print(f"| {what:<62} | {got:<40} | {target:<9} | {'' if ok is None else 'PASS' if ok else 'MISS'} |", flush=True)
+            print(f"| {what:<72} | {got:<40} | {target:<9} | {'' if ok is None else 'PASS' if ok else 'MISS'} |", flush=True)
 
     def section(name, run):  # a failure costs its own section only; results are written after each one
         try:
@@ -405,7 +465,8 @@ def main(argv=None):
     def speed_all():
         s = report["speed"] = {}
         try:
-            speed(dev, torch.float32 if dry else torch.bfloat16, "7b-dry" if dry else "7b", 16 if dry else a.new_tokens, tmp, s)
+            speed(dev, torch.float32 if dry else torch.bfloat16, "7b-dry" if dry else "7b", 16 if dry else a.new_tokens, tmp, s,
+                  a.skip.split(","))
         finally:  # the rows of what was measured, also when a later step failed
             ms = lambda k: f"{1e3 * s[k]:.2f} ms"
             x = lambda k, base: f"{ms(k)} ({s[k] / s[base]:.2f}x)"
@@ -428,13 +489,20 @@ def main(argv=None):
                              s["vreason_k2_s"] / s["base_s"] <= 1.15))
             if have("lite_s", "base_s"):
                 rows.append(("Lite per token (x compiled baseline)", x("lite_s", "base_s"), "", None))
+            if have("long_s", "long_floor_s"):
+                rows.append((f"decode compiled, {s['long_rows']} cache rows (x floor with their bytes)", x("long_s", "long_floor_s"), "", None))
+            if have("long_vreason_k2_s", "long_s"):
+                rows.append(("  V-Reason k=2 there (x compiled baseline)", x("long_vreason_k2_s", "long_s"), "", None))
+            for k in [k for k in s if k.startswith("attention_us_")]:
+                rows.append((f"  attention at {k[13:]} rows, µs a layer: eager SDPA | mm; compiled SDPA | sums",
+                             " | ".join(map(str, s[k])), "", None))
             if have("vreason_k2_peak", "base_peak") and not dry:
                 rows.append(("peak memory V-Reason / baseline", f"{s['vreason_k2_peak'] / 2**30:.2f} / {s['base_peak'] / 2**30:.2f} "
                              f"GiB ({s['vreason_k2_peak'] / s['base_peak']:.3f}x)", "<= 1.02x", s["vreason_k2_peak"] / s["base_peak"] <= 1.02))
 
     with tempfile.TemporaryDirectory(prefix="device-check-") as tmp:
         for name, run in (("parity", parity_all), ("cli", cli_all), ("speed", speed_all)):
-            if name not in a.skip:
+            if name not in a.skip.split(","):
                 section(name, run)
                 table()
     return 0

@@ -348,6 +348,23 @@ class KVCache:
 SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
+def decode_attention(q, K, V, mask):
+    """A decode step's attention: one new row per query head, q [H, 1, d], over the whole preallocated cache K/V
+    [Hkv, T, d], rows after the new one masked (mask [1, T], 0 or -inf) -> [H, 1, d]. The H / Hkv query heads that
+    share a kv head become that head's query rows, so each cached row is read once (SDPA's GQA under a mask falls back
+    to the math kernel, which repeats and upcasts the cache for every query head)."""
+    (H, _, d), Hkv = q.shape, K.shape[0]
+    q = q.reshape(Hkv, H // Hkv, d)
+    if torch.compiler.is_compiling():  # --compile: the same sums written out, which inductor spreads over the GPU
+        # (SDPA's memory-efficient kernel runs one block per kv head, 4 of an H100's 132 SMs for a 7B, and walks the
+        # cache rows in turn: 24 µs a layer at 512 rows, growing with the video; these sums split along the rows)
+        s = (q[:, :, None].float() * K[:, None].float()).sum(-1) / math.sqrt(d) + mask  # [Hkv, H/Hkv, T] fp32
+        o = (s.softmax(-1)[..., None] * V[:, None].float()).sum(-2)  # [Hkv, H/Hkv, d]
+        return o.to(q.dtype).reshape(H, 1, d)
+    with sdpa_kernel(SDPA_BACKENDS):
+        return F.scaled_dot_product_attention(q[None], K[None], V[None], attn_mask=mask).reshape(H, 1, d)
+
+
 class DecoderLayer(nn.Module):
     """A Qwen2 layer (q/k/v bias) or a Qwen3 layer (no bias, per-head RMSNorm on q and k before the rotary): RMSNorm,
     GQA attention, RMSNorm, SwiGLU MLP. The matrices are stored packed and transposed, [in, out]: q|k|v as one, gate|up
@@ -381,13 +398,11 @@ class DecoderLayer(nn.Module):
     def finish(self, x, q, K, V, mask=None):
         """Attention of q [H, S, d] over K/V [Hkv, T, d] (causal when S > 1 and no mask; a decode step passes the
         mask [1, T] of its preallocated cache), o_proj, residual, MLP."""
-        (H, S, d), Hkv = q.shape, K.shape[0]
-        with sdpa_kernel(SDPA_BACKENDS):
-            if S == 1 and mask is not None:  # the H / Hkv query heads that share a kv head become its query rows: SDPA's
-                # GQA under a mask falls back to the math kernel, which repeats (and upcasts) the cache for every query
-                # head, every layer, every token; as query rows, the memory-efficient kernel reads each cached row once
-                o = F.scaled_dot_product_attention(q.reshape(1, Hkv, H // Hkv, d), K[None], V[None], attn_mask=mask)
-            else:
+        H, S, d = q.shape
+        if S == 1 and mask is not None:
+            o = decode_attention(q, K, V, mask)
+        else:
+            with sdpa_kernel(SDPA_BACKENDS):
                 o = F.scaled_dot_product_attention(q[None], K[None], V[None], attn_mask=mask, is_causal=S > 1 and mask is None,
                                                    enable_gqa=True)
         x = x + o.reshape(H, S, d).transpose(0, 1).reshape(S, -1) @ self.o
