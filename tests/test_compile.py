@@ -57,3 +57,17 @@ def test_compiled_decode_equals_eager_and_compiles_once(ckpt, qwen3, family):
     # step: a plain one and the one that stops before the last layer's attention (a V-Reason update); last_layer: with
     # grad (the update) and without (the redecode), each for any length; all compiled by the second step, then none
     assert len(set(seen[2:])) == 1 and graphs() - g0 == 4, seen
+
+
+def test_a_cache_grown_for_a_longer_prompt_recompiles_once(ckpt):
+    """A compiled model keeps one cache and grows it (by 512 rows) when a prompt needs more: the step compiles again,
+    then for any length (dynamic), so an eval over videos of many lengths compiles twice, not once per length."""
+    eager, comp = (M.load_model(ckpt) for _ in range(2))
+    torch._dynamo.reset()
+    comp.compile_decode()
+    counts = []
+    for grid in ((2, 8, 12), (2, 40, 28), (2, 60, 40)):  # 76, 588, 1228 prompt rows
+        prep = prepared(eager, grid, 1.0)[0]
+        assert [t for t, _ in run(comp, prep, n=6, mode="vreason")] == [t for t, _ in run(eager, prep, n=6, mode="vreason")]
+        counts.append(graphs())
+    assert counts[1] - counts[0] == 2 and counts[2] == counts[1], counts  # the two step variants, once more
