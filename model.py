@@ -355,9 +355,10 @@ def decode_attention(q, K, V, mask):
     to the math kernel, which repeats and upcasts the cache for every query head)."""
     (H, _, d), Hkv = q.shape, K.shape[0]
     q = q.reshape(Hkv, H // Hkv, d)
-    if torch.compiler.is_compiling():  # --compile: the same sums written out, which inductor spreads over the GPU
+    if torch.compiler.is_compiling():  # --compile: the same sums written out, for inductor to spread over the GPU
         # (SDPA's memory-efficient kernel runs one block per kv head, 4 of an H100's 132 SMs for a 7B, and walks the
-        # cache rows in turn: 24 µs a layer at 512 rows, growing with the video; these sums split along the rows)
+        # cache rows in turn: 24 µs a layer at 512 rows, more as the video grows). Not yet timed on a GPU: the device
+        # check times both forms (README, "GPU")
         s = (q[:, :, None].float() * K[:, None].float()).sum(-1) / math.sqrt(d) + mask  # [Hkv, H/Hkv, T] fp32
         o = (s.softmax(-1)[..., None] * V[:, None].float()).sum(-2)  # [Hkv, H/Hkv, d]
         return o.to(q.dtype).reshape(H, 1, d)
