@@ -445,6 +445,9 @@ class VideoLM(nn.Module):
       video_spans(ids) -> [(lo, hi), ...]    cache rows of the video tokens (Qwen3-VL: one span per frame group,
                                              timestamps between them are text)
       c.n_layers, c.n_kv_heads, c.head_dim, dtype, devices()   sizes, and where to synchronize timers
+      layer_devices()                        each layer's device (its cache's); the first takes the prompt ids
+    and, for the CLI and eval.py around the method: compile_decode() (--compile), thinking (a Thinking checkpoint),
+    c.model_type, c.max_positions (the prompt's length check).
 
     Assumed of the model: the last layer is full attention with a value cache, values carry no rotary, and the video
     rows are known (PORTING.md). The decoder and the head are shared by both families; a family file adds `visual`,

@@ -674,11 +674,12 @@ def decode(model, tok, prep, s, stop_ids, write):
                peak_memory_bytes(model))
 
 
-def run_record(r):
+def run_record(r, redecode=True):  # entropy after an update: only a redecode measures one
     return {"text": r.text, "answer": extract_answer(r.text), "token_ids": [st.token for st in r.steps],
             "entropies": [st.entropy for st in r.steps], "alphas": [st.alpha for st in r.steps],
             "ema": [st.ema for st in r.steps],
-            "updates": [{"token_index": i, "loss": st.loss, "entropy_before": st.entropy_before, "entropy_after": st.entropy}
+            "updates": [{"token_index": i, "loss": st.loss, "entropy_before": st.entropy_before,
+                         "entropy_after": st.entropy if redecode else None}
                         for i, st in enumerate(r.steps) if st.updated],
             "vreason": r.info, "timings": r.timings, "peak_memory_bytes": r.peak_memory_bytes}
 
@@ -874,7 +875,7 @@ def run(a):
     if a.compare:
         say(compare_table(runs))
     main_run = runs[-1]
-    record = {**run_record(main_run), "mode": main_run.mode, "prompt_tokens": len(prep.ids),
+    record = {**run_record(main_run, s.redecode), "mode": main_run.mode, "prompt_tokens": len(prep.ids),
               "video_tokens": video.n_tokens, "video": vm, "question": a.q, "model": a.model, "model_dir": model_dir,
               "family": family, "thinking": model.thinking, "dtype": str(dtype).replace("torch.", ""), "device": str(dev),
               "settings": {**{k: v for k, v in vars(a).items() if k not in ("json", "quiet")}, **asdict(s)},

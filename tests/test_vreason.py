@@ -407,6 +407,7 @@ def test_cli_outputs(model_dir, clip, tmp_path, capsys):  # noqa: F811
     n = len(rec["token_ids"])
     assert len(rec["alphas"]) == len(rec["ema"]) == len(rec["entropies"]) == n
     assert [u["token_index"] for u in rec["updates"]] == list(range(0, n, 2))
+    assert all(u["entropy_after"] == rec["entropies"][u["token_index"]] != u["entropy_before"] for u in rec["updates"])
     assert rec["settings"]["prune_ratio"] == 0.5 and rec["settings"]["beta"] == 0.9 and rec["settings"]["kl"] == "pu"
     assert rec["vreason"]["video_tokens_kept"] < rec["vreason"]["video_tokens"]
     assert rec["baseline"]["vreason"]["video_tokens_kept"] == rec["baseline"]["vreason"]["video_tokens"]
@@ -462,3 +463,10 @@ def test_ctrl_c_leaves_no_file(model_dir, clip, tmp_path):  # noqa: F811
     assert p.returncode == 130, err
     assert b"interrupted" in err and b"Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_without_a_redecode_no_entropy_after_an_update_is_recorded():
+    steps = [R.Step(5, 2.0, 2.0, 2.0, 1.0, updated=True, loss=0.1, entropy_before=2.0)]
+    run = R.Run("vreason", steps, [], "", {}, {}, 0)
+    assert R.run_record(run)["updates"][0]["entropy_after"] == 2.0
+    assert R.run_record(run, redecode=False)["updates"][0]["entropy_after"] is None  # 2.0 is the entropy before
