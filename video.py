@@ -118,6 +118,9 @@ def smart_nframes(total: int, video_fps: float, fps: float = 2.0, nframes: int |
         # qwen-vl-utils defaults max_frames to min(768, total); the extra min(total) below makes that equivalent
         n = min(max(total / video_fps * fps, lo), hi, total)
         n = math.floor(n / FRAME_FACTOR) * FRAME_FACTOR
+    if total < FRAME_FACTOR:
+        raise VideoError(f"the video has {total} decoded frame{'s' * (total != 1)}: the model takes frames in pairs, "
+                         f"so it needs at least {FRAME_FACTOR}")
     if not FRAME_FACTOR <= n <= total:
         want = f"nframes={nframes} (-> {n})" if nframes is not None else f"{n} frames"
         raise VideoError(f"cannot sample {want} from a video with {total} decoded frames (need 2 <= n <= {total})")

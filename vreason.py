@@ -385,6 +385,8 @@ def resolve_model(name, weights=True):
     request and the memory before a download of many GB."""
     if os.path.isdir(name):
         return name
+    if os.path.exists(name):
+        raise M.ModelError(f"--model {name} is a file: pass the checkpoint's directory (config.json, *.safetensors)")
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise M.ModelError(f"model directory not found: {name}")
     try:
@@ -459,6 +461,9 @@ def add_args(p):
                    help="auto: split the decoder layers over all visible GPUs (32B / 72B)")
 
 
+# Adam moves each entry of ΔV by about lr a step (the first by 10x, in float32) and the rows are renormalized: far
+# below float32's limit the rows only turn to the gradient's signs.
+MAX_LR = 1e6
 # Qwen-VL checkpoints are trained for 128000 (Qwen2.5-VL) or 262144 (Qwen3-VL) positions: no answer can be longer.
 MAX_NEW_TOKENS = 262144
 # --temperature and --repetition-penalty divide logits: below this, sampling is argmax in all but name, and the
@@ -479,7 +484,7 @@ def check_args(a):
              ("--beta", 0 <= a.beta < 1, "a number in [0, 1)"),
              ("--update-every", a.update_every >= 1, "an integer >= 1"),
              ("--steps", a.steps >= 0, "an integer >= 0"),
-             ("--lr", 0 <= a.lr < inf, "a finite number >= 0"),
+             ("--lr", 0 <= a.lr <= MAX_LR, f"a number from 0 to {MAX_LR:g}"),
              ("--prune-ratio", a.prune_ratio is None or 0 <= a.prune_ratio < 1, "a number in [0, 1)"),
              ("--fps", 0 < a.fps < inf, "a finite number > 0"),
              ("--nframes", a.nframes is None or a.nframes >= 2, "an integer >= 2"),
@@ -547,21 +552,28 @@ def in_place(path):  # exists and is not a regular file (a FIFO, /dev/null, a te
 
 def check_outputs(a):
     """Before the run, each output path can be written and no two of them (nor an output and --video) are the same
-    file: found out after an hour of decoding, either would cost the result."""
+    file, nor one of the checkpoint's files: found out after an hour of decoding, either would cost the result."""
     seen = {os.path.realpath(a.video): "--video"}
+    if os.path.isdir(a.model):  # (a Hub id resolves later, into the Hub's cache)
+        seen.update({os.path.realpath(os.path.join(a.model, f)): f"--model's {f}" for f in os.listdir(a.model)})
     for k in OUTPUTS:
         flag, path = f"--{k}", getattr(a, k)
         if path is None:
             continue
         if not path:
             raise UsageError(f"argument {flag}: empty path")
+        if k == "plot":  # matplotlib is optional: missing, say so now, not after the run
+            try:
+                __import__("matplotlib")
+            except ImportError:
+                raise UsageError("--plot needs matplotlib (pip install matplotlib)") from None
         key = std_stream(path) or os.path.realpath(path)
         if key in seen:
             raise UsageError(f"{flag} and {seen[key]} name the same file ({key})")
         seen[key] = flag
         if std_stream(path):
             continue
-        if os.path.isdir(path):
+        if os.path.isdir(path) or path.endswith(os.sep):
             raise UsageError(f"{flag} {path} is a directory")
         if in_place(path):
             if not os.access(path, os.W_OK):

@@ -252,6 +252,8 @@ Q25, Q3 = "qwen2_5_vl", "qwen3_vl"
 # but the shard contents (truncated, NaN), which stop when they are.
 BAD_MODEL_DIRS = {
     "missing model dir": (lambda d: shutil.rmtree(d), "model directory not found: {d}"),
+    "model dir a file": (lambda d: shutil.rmtree(d) or d.write_text("{}"),
+                         "--model {d} is a file: pass the checkpoint's directory (config.json, *.safetensors)"),
     "no config.json": (lambda d: os.remove(d / "config.json"), "{d}: no config.json (not a Hugging Face model directory)"),
     "config.json unreadable": (_config_dir, "cannot read {d}/config.json: Is a directory"),
     "config.json not JSON": (lambda d: (d / "config.json").write_text('{"model_type": '),
@@ -470,9 +472,10 @@ BAD_FLAGS = {
     "not a number": (["--fps", "abc"], "argument --fps: invalid float value: 'abc'"),
     "unknown flag": (["--bogus-flag", "1"], "unrecognized arguments: --bogus-flag 1"),
     "compare without a method": (["--compare"], "--compare runs the baseline next to --mode vreason or lite; pick one of those"),
-    "lr inf": (["--lr", "inf"], "argument --lr: invalid value inf (must be a finite number >= 0)"),
-    "lr 1e999": (["--lr", "1e999"], "argument --lr: invalid value inf (must be a finite number >= 0)"),
-    "lr nan": (["--lr", "nan"], "argument --lr: invalid value nan (must be a finite number >= 0)"),
+    "lr inf": (["--lr", "inf"], "argument --lr: invalid value inf (must be a number from 0 to 1e+06)"),
+    "lr 1e999": (["--lr", "1e999"], "argument --lr: invalid value inf (must be a number from 0 to 1e+06)"),
+    "lr nan": (["--lr", "nan"], "argument --lr: invalid value nan (must be a number from 0 to 1e+06)"),
+    "lr 1e38": (["--lr", "1e38"], "argument --lr: invalid value 1e+38 (must be a number from 0 to 1e+06)"),
     "fps inf": (["--fps", "inf"], "argument --fps: invalid value inf (must be a finite number > 0)"),
     "fps nan": (["--fps", "nan"], "argument --fps: invalid value nan (must be a finite number > 0)"),
     "fps 0": (["--fps", "0"], "argument --fps: invalid value 0.0 (must be a finite number > 0)"),
@@ -522,6 +525,7 @@ def _read_only_dir(tmp_path):  # a directory we cannot create files in; root ign
 BAD_OUTPUTS = {  # name: tmp_path, clip -> (output flags, the exact message, "..." ending a prefix); refused before the run
     "no such directory": lambda t, c: (["--trace", f"{t}/no/t.jsonl"], f"output directory does not exist: {t}/no"),
     "onto a directory": lambda t, c: (["--json", str(t)], f"--json {t} is a directory"),
+    "a directory to be": lambda t, c: (["--json", f"{t}/res/"], f"--json {t}/res/ is a directory"),
     "read-only directory": lambda t, c: (["--plot", f"{_read_only_dir(t)}/p.png"],
                                          f"cannot write --plot {_read_only_dir(t)}/p.png: ..."),
     "empty path": lambda t, c: (["--plot", ""], "argument --plot: empty path"),
@@ -543,6 +547,23 @@ def test_bad_output(case, model_dir, clip, tmp_path, capsys):
     assert err.startswith(f"vreason: error: {message[:-3]}") if message.endswith("...") else err == f"vreason: error: {message}\n"
     assert sorted(os.listdir(t)) == before  # no file, no temp file
     assert os.path.getsize(clip) > 0
+
+
+def test_an_output_onto_the_checkpoint_is_refused(model_dir, clip, capsys):
+    config = os.path.join(model_dir, "config.json")
+    before = open(config).read()
+    assert R.main(["--video", clip, "--q", "x", "--model", model_dir, *SMALL, "--json", config]) == 2
+    err = capsys.readouterr().err
+    assert err == f"vreason: error: --json and --model's config.json name the same file ({os.path.realpath(config)})\n", err
+    assert open(config).read() == before
+
+
+def test_plot_without_matplotlib_is_refused_before_the_run(model_dir, clip, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    assert R.main(["--video", clip, "--q", "x", "--model", model_dir, *SMALL, "--plot", str(tmp_path / "p.png")]) == 2
+    out, err = capsys.readouterr()
+    assert err == "vreason: error: --plot needs matplotlib (pip install matplotlib)\n" and out == "", (out, err)
+    assert not os.listdir(tmp_path)
 
 
 def _char_device(tmp_path, name, minor):
