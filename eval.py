@@ -11,6 +11,7 @@ Takes every decoding / V-Reason / video / runtime flag of vreason.py (vreason.ad
 import datetime
 import fcntl
 import glob
+import hashlib
 import io
 import json
 import math
@@ -18,6 +19,7 @@ import os
 import re
 import socket
 import sys
+import tempfile
 import time
 import zlib
 from dataclasses import asdict, fields
@@ -187,6 +189,8 @@ def load_dataset(path, limit=None):
             raise DataError(f"{path}: {at}: duplicate problem_id {sid} (first at {where[sid]})")
         where[sid] = at
         items.append({**x, "id": sid})
+    if not items:  # a run over nothing would write a summary of 0% and exit 0
+        raise DataError(f"{path}: no entries")
     return re.sub(r"^eval_", "", Path(path).stem), items
 
 
@@ -197,8 +201,9 @@ def record_files(out):  # every rank's file; else records.jsonl alone (a finishe
 
 
 def read_records(out):
-    """Every rank's records by (dataset, id, mode). A line that does not parse (the torn tail of a crash) is skipped;
-    a good record beats an error record of the same key (see --retry-errors)."""
+    """Every rank's records by (dataset, id, mode). A line that does not parse (the torn tail of a crash) is skipped.
+    Of two records of one key (--retry-errors redid an error) the later attempt wins, whichever rank's file holds it;
+    records without an attempt number (an older eval.py) count as the first, and there a good one beats an error."""
     recs = {}
     for f in record_files(out):
         for line in Path(f).read_bytes().split(b"\n"):
@@ -207,7 +212,7 @@ def read_records(out):
                 k = (r["dataset"], r["id"], r["mode"])
             except (ValueError, KeyError, TypeError):
                 continue
-            if k not in recs or recs[k]["error"] and not r["error"]:
+            if k not in recs or (r.get("attempt", 1), not r["error"]) > (recs[k].get("attempt", 1), not recs[k]["error"]):
                 recs[k] = r
     return recs
 
@@ -230,11 +235,23 @@ def append(fd, rec):
 
 # ----------------------------------------------------------------------------- running
 
-def settings(a, mode, dtype):
-    """Everything that changes a record's numbers, stored with it; a resume must match it. --prune-ratio is Lite's."""
+def settings(a, mode, dtype, model_dir):
+    """Everything that changes a record's numbers, stored with it; a resume must match it. --prune-ratio is Lite's.
+    The model is its resolved directory and fingerprint, not the --model string: ./m/ and /abs/m are one run, and two
+    directories spelled m from different working directories are two."""
     s = R.Settings.from_args(a, mode=mode, prune_ratio=a.prune_ratio if mode == "lite" else 0.0)
     video = {k: getattr(a, k) for k in ("fps", "nframes", "max_frames", "min_pixels", "max_pixels", "total_pixels")}
-    return {**asdict(s), **video, "system": a.system, "model": a.model, "dtype": str(dtype).replace("torch.", "")}
+    return {**asdict(s), **video, "system": a.system, "model_dir": os.path.realpath(model_dir),
+            "model_fingerprint": fingerprint(model_dir), "dtype": str(dtype).replace("torch.", "")}
+
+
+def fingerprint(model_dir):
+    """config.json's bytes and the weight shards' names and sizes, hashed (no weight is read): a checkpoint replaced
+    in the same directory is another run."""
+    h = hashlib.sha256(Path(model_dir, "config.json").read_bytes())
+    for f in M.weight_files(model_dir):
+        h.update(f"\0{os.path.basename(f)}\0{os.path.getsize(f)}".encode())
+    return h.hexdigest()[:16]
 
 
 def trace_of(steps):
@@ -261,7 +278,8 @@ def read_trace(r):
 def run_sample(model, tok, a, item, modes, conf, dev, stop_ids):
     """Decode and encode the video once, then run each pending mode on the same prepared input. Yields records."""
     base = {"dataset": item["dataset"], "id": item["id"], "problem_type": item["problem_type"],
-            "data_source": item.get("data_source"), "answer": answer_of(item["solution"])}
+            "data_source": item.get("data_source"), "answer": answer_of(item["solution"]), "model": a.model,
+            "device": str(dev), "device_map": a.device_map, "compile": a.compile}  # how it ran: not compared on resume
     fail = lambda m, why: {**base, "mode": m, "prediction": None, "score": 0.0, "correct": False, "error": why, "settings": conf[m]}
     try:
         if item.get("data_type", "video") != "video":
@@ -284,6 +302,9 @@ def run_sample(model, tok, a, item, modes, conf, dev, stop_ids):
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             yield fail(m, "out of GPU memory")
+            continue
+        except M.ModelError as e:  # non-finite logits: this sample's (a float overflow on one input), not the run's
+            yield fail(m, str(e))
             continue
         R.sync(model)
         total = time.perf_counter() - t0
@@ -487,11 +508,38 @@ def paired_tables(p):
     return "\n".join(lines) + "\n"
 
 
-def write_summary(out, datasets, modes, recs, figures=None, untraced=0):
-    """summary.json and summary.md: the paper-layout table, the paired statistics, and the figures when drawn (a
-    list of (scope, [(caption, path relative to out)]); the tables also go to stdout."""
-    summary = {**summarize(datasets, modes, recs), "paired": paired(datasets, modes, recs)}
-    body = table(summary) + paired_tables(summary["paired"])
+RUN_KEYS = ("model", "device", "device_map", "compile")  # how a record was run, beside its settings
+
+
+def recorded_settings(recs, modes, given=None):
+    """What the records were made with: the run's (given: data files...), then the --model string, device, device map
+    and compile flag (one value, or the list of them where resumed runs differed), the settings all modes share
+    (model directory and fingerprint, dtype, decoding, video...) and, per mode, the rest."""
+    out = dict(given or {})
+    for k in RUN_KEYS:
+        vs = list(dict.fromkeys(r[k] for r in recs.values() if k in r))
+        if vs:
+            out[k] = vs[0] if len(vs) == 1 else vs
+    per = {m: next(r["settings"] for k, r in recs.items() if k[2] == m) for m in modes if any(k[2] == m for k in recs)}
+    first = next(iter(per.values()), {})
+    shared = {k: v for k, v in first.items() if all(k in s and s[k] == v for s in per.values())}
+    return {**out, **shared, "modes": {m: {k: v for k, v in s.items() if k not in shared} for m, s in per.items()}}
+
+
+def settings_md(s):
+    show = lambda v: v if isinstance(v, str) else R.dumps(v)
+    lines = [f"- {k}: {show(v)}" for k, v in s.items() if k != "modes"]
+    lines += [f"- {m}: " + ", ".join(f"{k} {show(v)}" for k, v in ms.items()) for m, ms in s["modes"].items()]
+    return "\n## Settings\n\n" + "\n".join(lines) + "\n"
+
+
+def write_summary(out, datasets, modes, recs, figures=None, untraced=0, given=None):
+    """summary.json and summary.md: the paper-layout table, the paired statistics, the settings (recorded_settings)
+    and the figures when drawn (a list of (scope, [(caption, path relative to out)]); all but the figures also go to
+    stdout."""
+    summary = {**summarize(datasets, modes, recs), "paired": paired(datasets, modes, recs),
+               "settings": recorded_settings(recs, modes, given)}
+    body = table(summary) + paired_tables(summary["paired"]) + settings_md(summary["settings"])
     md = body
     if figures:
         summary["figures"] = {scope: dict(figs) for scope, figs in figures}
@@ -662,9 +710,8 @@ def report(run_dir):
     t0, none = time.perf_counter(), f"--report: no records in {run_dir} (records.rank*.jsonl or records.jsonl)"
     if not record_files(run_dir):
         raise R.UsageError(none)
-    note(f"eval: reading the records in {run_dir} ...")
     recs = read_records(run_dir)
-    if not recs:
+    if not recs:  # (no "reading" line before: the one line says it all)
         raise R.UsageError(none)
     items = {}  # dataset -> id -> what summarize needs, in the order first recorded
     for (n, i, m), r in recs.items():
@@ -721,12 +768,25 @@ def check_resume(recs, conf, out):
                                f"use another --out, or the same settings to resume")
 
 
+def check_out(out):
+    """--out before anything is downloaded or made: a directory, or a path where one can be made. A directory made
+    and removed at once in it, or in the nearest directory above it that exists, is the probe (os.access says yes to
+    root on a read-only /sys). open_out makes it once the request is checked."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise R.UsageError(f"--out {out} is not a directory")
+    there = os.path.abspath(out)
+    while not os.path.exists(there):
+        there = os.path.dirname(there)
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".eval-probe-", dir=there))
+    except OSError as e:
+        raise R.UsageError(f"cannot write in --out {out}: {e.strerror}") from None
+
+
 def open_out(out, lock):
     """--out: a directory we can write, created if need be; with lock=True (rank 0) held for the whole run, so that a
     second run on it stops, naming this one. flock dies with its process: a crashed or killed run's lock is simply
     taken over. eval.lock stays behind, naming the last run that held it. Returns the lock's fd (or None)."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise R.UsageError(f"--out {out} is not a directory")
     try:
         os.makedirs(out, exist_ok=True)
         if not lock:
@@ -748,16 +808,35 @@ def open_out(out, lock):
         raise R.UsageError(f"cannot write in --out {out}: {e.strerror}") from None
 
 
-def longest_prompt(a, tok, mine, family):
+def longest_prompt(a, tok, items, fam):
     """A bound on the prompt tokens of any sample, before a video is read: the most video tokens the frame and pixel
     flags allow (fewer frames may get more pixels each: every count is tried), 8 a frame group for Qwen3-VL's
     "<t seconds>", the longest question, the system prompt, and 64 for the chat template around them."""
-    fam = V.get_family(family)
     video = max(n // fam.temporal_patch * (int(V.video_pixel_limits(n, a.min_pixels, a.max_pixels, a.total_pixels, fam)[1])
                                            // fam.factor**2 + 8 * fam.timestamps)
                 for n in range(fam.temporal_patch, (a.nframes or a.max_frames) + 1, fam.temporal_patch))
-    text = max(len(tok.encode(question(it)).ids) for it, _ in mine) + len(tok.encode(a.system or "").ids)
+    text = max(len(tok.encode(question(it)).ids) for it in items) + len(tok.encode(a.system or "").ids)
     return video + text + 64
+
+
+def check_request(a, skeleton, tok, items):
+    """What vreason.py refuses before loading, here on eval's defaults and the longest prompt of any entry: one line
+    now, rather than the same error recorded for every sample and a run of 0%. Returns that bound (prompt tokens)."""
+    fam = V.get_family(skeleton.c.model_type)
+    if a.max_pixels is None:  # Video-R1's 128 tokens a frame: 128*28*28 for Qwen2.5-VL, 128*32*32 for Qwen3-VL
+        a.max_pixels = 128 * fam.factor ** 2
+        try:
+            R.check_args(a)  # again, now that --max-pixels has a value: a --min-pixels above it
+        except R.UsageError as e:
+            raise R.UsageError(f"{e} (eval's default for {fam.name}: 128 tokens a frame)") from None
+    V.check_pixel_limits(fam, a.min_pixels, a.max_pixels)
+    V.build_prompt(tok, "", 1, a.system, V.QWEN25_VL)  # refuses a <|video_pad|> in --system, as every family's prompt
+    bound = longest_prompt(a, tok, items, fam)
+    try:
+        R.check_positions(bound - 1, a.max_new_tokens, skeleton.c.max_positions)
+    except R.UsageError as e:
+        raise R.UsageError(f"{e} [a bound: the longest prompt the flags allow, {bound} tokens]") from None
+    return bound
 
 
 def rank_devices(local, per_node, visible, device_map):
@@ -774,10 +853,8 @@ def rank_devices(local, per_node, visible, device_map):
     return devs[0], devs
 
 
-def run_shard(a, model_dir, mine, conf, dev, dtype, device_map, rank):
-    tok = V.load_tokenizer(model_dir)
-    skeleton = M.skeleton(model_dir)
-    M.check_memory(skeleton, dev, dtype, device_map, longest_prompt(a, tok, mine, skeleton.c.model_type), a.max_new_tokens)
+def run_shard(a, model_dir, tok, mine, tries, conf, dev, dtype, device_map, rank):
+    """Load the model and run this rank's (entry, modes); tries: the attempts recorded so far, by key."""
     with R.Progress("loading weights", "shards", every=0, quiet=rank != 0) as shards:
         model = M.load_model(model_dir, dev, dtype, device_map, progress=shards)
     if a.compile:
@@ -786,16 +863,18 @@ def run_shard(a, model_dir, mine, conf, dev, dtype, device_map, rank):
     fd, bar = open_records(a.out, rank), progress(len(mine)) if rank == 0 else (lambda what: None)
     try:
         for it, modes in mine:
-            errors = []
+            errors = {}  # error -> the modes it ended
             for rec in run_sample(model, tok, a, it, modes, conf, dev, stop_ids):
+                rec["attempt"] = tries.get((rec["dataset"], rec["id"], rec["mode"]), 0) + 1
                 try:
                     append(fd, rec)
                 except OSError as e:
                     raise OutputError(f"cannot append to {a.out}/records.rank{rank}.jsonl ({e.strerror}); the records "
                                       f"before it are kept: rerun the same command to resume") from None
-                errors += [rec["error"]] if rec["error"] and rec["error"] not in errors else []
-            for e in errors:
-                note(f"eval: {it['dataset']}/{it['id']}: {e}")
+                if rec["error"]:
+                    errors.setdefault(rec["error"], []).append(rec["mode"])
+            for e, ms in errors.items():
+                note(f"eval: {it['dataset']}/{it['id']} ({', '.join(ms)}): {e}")
             bar(f"{it['dataset']}/{it['id']}")
     finally:
         os.close(fd)
@@ -806,7 +885,8 @@ def write_results(a, datasets):
     recs = read_records(a.out)
     keep = [recs[k] for _, items in datasets for it in items for k in ((it["dataset"], it["id"], m) for m in a.modes) if k in recs]
     write_out(a.out, "records.jsonl", "".join(R.dumps(r) + "\n" for r in keep))
-    write_summary(a.out, datasets, a.modes, recs)
+    given = {"data": [os.path.abspath(p) for p in a.data], "video_root": os.path.abspath(a.video_root), "limit": a.limit}
+    write_summary(a.out, datasets, a.modes, recs, given=given)
     print(f"eval: figures: python eval.py --report {a.out}", file=sys.stderr)
     return sum(len(items) for _, items in datasets) * len(a.modes) - len(keep)
 
@@ -819,20 +899,51 @@ def run(a):
     for n, items in datasets:
         for it in items:
             it["dataset"] = n
+    if a.video_root and not os.path.isdir(a.video_root):  # every video would be "not found": one line instead
+        raise R.UsageError(f"--video-root {a.video_root} is {'not a directory' if os.path.exists(a.video_root) else 'not found'}")
+    check_out(a.out)  # before a download: a bad --out is one line at once
     dev, dtype = M.pick_device_dtype(a.device, a.dtype)
-    lock = open_out(a.out, lock=rank == 0)  # before the model: a bad --out fails before any download
+    device_map = None if a.device_map == "none" else a.device_map
+    if world > 1 and dev.type == "cuda":  # each process its own GPU, or with --device-map auto its own share of them
+        dev, device_map = rank_devices(int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+                                       torch.cuda.device_count(), device_map)
+    # The request against the checkpoint's small files (config, tokenizer) and this machine, before --out is made and
+    # a weight is downloaded or read; the same on every rank, so every rank stops alike.
+    model_dir = R.resolve_model(a.model, weights=False)
+    skeleton, tok = M.skeleton(model_dir), V.load_tokenizer(model_dir)
+    bound = check_request(a, skeleton, tok, [it for _, items in datasets for it in items])
+    M.check_memory(skeleton, dev, dtype, device_map, bound, a.max_new_tokens)
+    made = rank == 0 and not os.path.lexists(a.out)
+    lock = open_out(a.out, lock=rank == 0)
     try:
-        model_dir = R.resolve_model(a.model)
-        if a.max_pixels is None:  # Video-R1's 128*28*28 for Qwen2.5-VL: 128 tokens a frame, 128*32*32 for Qwen3-VL
-            a.max_pixels = 128 * V.get_family(M.model_type(model_dir)).factor ** 2
-        conf = {m: settings(a, m, dtype) for m in a.modes}
-        return run_locked(a, model_dir, datasets, conf, dev, dtype, rank, world)
+        model_dir = R.resolve_model(a.model)  # the weights now (a download, for a Hub id not in the cache)
+        conf = {m: settings(a, m, dtype, model_dir) for m in a.modes}
+        return run_locked(a, model_dir, tok, datasets, conf, dev, dtype, device_map, rank, world)
+    except BaseException:
+        if made:
+            forget_out(a.out)
+        raise
     finally:
         if lock is not None:
             os.close(lock)
 
 
-def run_locked(a, model_dir, datasets, conf, dev, dtype, rank, world):
+def forget_out(out):
+    """A --out this run made and then stopped before its first record (a failed download or load, a bad device map,
+    Ctrl-C) is removed again: its lock and empty record files are all it holds, and a directory left behind would
+    look like a run."""
+    try:
+        names = os.listdir(out)
+        if all(n == "eval.lock" or re.fullmatch(r"records\.rank\d+\.jsonl", n) and not os.path.getsize(os.path.join(out, n))
+               for n in names):
+            for n in names:
+                os.remove(os.path.join(out, n))
+            os.rmdir(out)
+    except OSError:  # another rank's file appeared meanwhile: kept
+        pass
+
+
+def run_locked(a, model_dir, tok, datasets, conf, dev, dtype, device_map, rank, world):
     recs = read_records(a.out)
     check_resume(recs, conf, a.out)
     if rank == 0 and (old := sum(not r["error"] and "trace" not in r for r in recs.values())):
@@ -845,10 +956,7 @@ def run_locked(a, model_dir, datasets, conf, dev, dtype, rank, world):
     if rank == 0:
         print(f"eval: {sum(len(ms) for _, ms in todo)} (entry, mode) runs to do, in {len(todo)} entries, on {world} "
               f"process(es)", file=sys.stderr)
-    device_map = None if a.device_map == "none" else a.device_map
-    if world > 1 and dev.type == "cuda":  # each process its own GPU, or with --device-map auto its own share of them
-        dev, device_map = rank_devices(int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
-                                       torch.cuda.device_count(), device_map)
+    if world > 1 and dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1:
         # a long timeout: the first rank done waits at the last barrier for the slowest; nccl is told this rank's GPU
@@ -857,7 +965,8 @@ def run_locked(a, model_dir, datasets, conf, dev, dtype, rank, world):
                                              device_id=dev if cuda else None)
         torch.distributed.barrier()  # nobody appends before every rank has read the record files
     if todo[rank::world]:
-        run_shard(a, model_dir, todo[rank::world], conf, dev, dtype, device_map, rank)
+        tries = {k: r.get("attempt", 1) for k, r in recs.items()}
+        run_shard(a, model_dir, tok, todo[rank::world], tries, conf, dev, dtype, device_map, rank)
     if world > 1:
         torch.distributed.barrier()  # every shard is on disk
     if rank == 0 and (missing := write_results(a, datasets)):

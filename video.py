@@ -252,6 +252,15 @@ def _decode(path: str, on_frame) -> tuple[int, float]:
         raise VideoError(f"cannot read video {path}: {why}") from e
 
 
+def check_pixel_limits(family, min_pixels=None, max_pixels=None):
+    """The per-frame bounds the family's reference refuses (also called by eval.py before its run)."""
+    fam = get_family(family)
+    min_px = fam.min_pixels if min_pixels is None else min_pixels
+    if fam.strict_pixel_limits and max_pixels is not None and max_pixels < min_px:
+        raise VideoError(f"max_pixels={max_pixels} is below min_pixels={min_px} (per frame), which {fam.name}'s "
+                         f"reference refuses; lower min_pixels too")
+
+
 def load_video(path, family="qwen2_5_vl", fps: float | None = None, nframes: int | None = None,
                max_frames: int | None = None, min_pixels=None, max_pixels=None, total_pixels=None,
                progress=None) -> Video:
@@ -264,10 +273,7 @@ def load_video(path, family="qwen2_5_vl", fps: float | None = None, nframes: int
     fam = get_family(family)
     fps = fam.fps if fps is None else fps
     max_frames = fam.max_frames if max_frames is None else max_frames
-    min_px = fam.min_pixels if min_pixels is None else min_pixels
-    if fam.strict_pixel_limits and max_pixels is not None and max_pixels < min_px:   # before any decoding
-        raise VideoError(f"max_pixels={max_pixels} is below min_pixels={min_px} (per frame), which {fam.name}'s "
-                         f"reference refuses; lower min_pixels too")
+    check_pixel_limits(fam, min_pixels, max_pixels)  # before any decoding
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VideoError(f"video not found: {path}")

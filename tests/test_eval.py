@@ -145,7 +145,7 @@ def test_end_to_end_known_predictions(bench, model_dir, fake, tmp_path, capsys):
     out = tmp_path / "out"
     assert E.main(args(bench, out, "--model", model_dir, "--update-every", "3", "--beta", "0.8")) == 0
     cap = capsys.readouterr()
-    assert "ETA" in cap.err and "mc/4: video not found" in cap.err
+    assert "ETA" in cap.err and "mc/4 (baseline, vreason, lite): video not found" in cap.err
     # each video decoded and encoded once, every mode run on it; the missing one never reaches the model
     assert fake["prepare"] == 6 and len(fake["generate"]) == 18
     for q, mode, prompt, ids, s in fake["generate"]:
@@ -424,3 +424,180 @@ def test_memory_is_checked_before_loading(bench, model_dir, fake, tmp_path, caps
     question = max(len(fake["tok"].encode(E.question(x)).ids) for xs in ENTRIES.values() for x in xs)
     assert bounds == [8 * 12544 // 28**2 + question + 64] * 2  # 16 frames (eval's default) of 12544 pixels, in pairs
     assert max(len(ids) for *_, ids, _ in fake["generate"]) <= bounds[0]
+
+
+# ----------------------------------------------------------------------------- request-wide errors, resume identity, retries
+
+Q3_CONFIG = {  # a tiny Qwen3-VL config.json as transformers 4.57.6 writes it: enough for the checks before any weight
+    "architectures": ["Qwen3VLForConditionalGeneration"], "model_type": "qwen3_vl", "image_token_id": 151655,
+    "video_token_id": 151656, "vision_start_token_id": 151652, "vision_end_token_id": 151653, "tie_word_embeddings": False,
+    "text_config": {"head_dim": 32, "hidden_act": "silu", "hidden_size": 64, "intermediate_size": 128,
+                    "max_position_embeddings": 32768, "num_attention_heads": 4, "num_hidden_layers": 3, "num_key_value_heads": 2,
+                    "rms_norm_eps": 1e-06, "rope_scaling": {"mrope_interleaved": True, "mrope_section": [6, 5, 5], "rope_type": "default"},
+                    "rope_theta": 5000000.0, "vocab_size": 151936, "tie_word_embeddings": False},
+    "vision_config": {"deepstack_visual_indexes": [0, 2], "depth": 3, "hidden_act": "gelu_pytorch_tanh", "hidden_size": 64,
+                      "in_channels": 3, "intermediate_size": 96, "num_heads": 4, "num_position_embeddings": 64,
+                      "out_hidden_size": 64, "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2}}
+
+
+def _q3_config_only(model_dir, tmp_path):
+    d = tmp_path / "q3"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(Q3_CONFIG))
+    os.link(os.path.join(model_dir, "tokenizer.json"), d / "tokenizer.json")
+    return str(d)
+
+
+def _short_positions(model_dir, tmp_path):  # max_position_embeddings 120: under the longest prompt the flags allow
+    from test_cli import _copy, _set_config
+
+    d = _copy(model_dir, tmp_path)
+    _set_config(d, max_position_embeddings=120)
+    return str(d)
+
+
+def _data(bench, out):  # args() without the pixel flags
+    return ["--data", str(bench / "eval_mc.jsonl"), str(bench / "eval_vsi.json"), "--out", str(out)]
+
+
+REQUEST_ERRORS = {  # case: (argv of bench, model_dir, tmp_path, out; the one line after "eval: error: ")
+    "Qwen3-VL max pixels under its min": (
+        lambda b, m, t, o: [*_data(b, o), "--video-root", str(b), "--model", _q3_config_only(m, t), "--max-pixels", "50000"],
+        "max_pixels=50000 is below min_pixels=131072 (per frame), which Qwen3-VL's reference refuses; lower min_pixels too"),
+    "min pixels over eval's default max": (
+        lambda b, m, t, o: [*_data(b, o), "--video-root", str(b), "--model", m, "--min-pixels", "200000"],
+        "--min-pixels 200000 is above --max-pixels 100352 (eval's default for Qwen2.5-VL: 128 tokens a frame)"),
+    "a video pad in the system prompt": (lambda b, m, t, o: args(b, o, "--model", m, "--system", "You see <|video_pad|>."),
+                                         "the question and system prompt must not contain <|video_pad|>"),
+    "video root missing": (lambda b, m, t, o: [*_data(b, o), "--video-root", str(t / "nope"), "--model", m],
+                           "--video-root {t}/nope is not found"),
+    "video root a file": (lambda b, m, t, o: [*_data(b, o), "--video-root", str(b / "c0.mp4"), "--model", m],
+                          "--video-root {b}/c0.mp4 is not a directory"),
+    "prompt past the positions": (  # 8 frame pairs of 16 tokens + the longest question + the template: past 120
+        lambda b, m, t, o: args(b, o, "--model", _short_positions(m, t)),
+        "the prompt ends at position 344, past this checkpoint's 120 positions (max_position_embeddings): fewer or "
+        "smaller frames (--max-frames, --fps, --max-pixels) [a bound: the longest prompt the flags allow, 345 tokens]"),
+    "answer past the positions": (
+        lambda b, m, t, o: args(b, o, "--model", m, "--max-new-tokens", "32700"),
+        "argument --max-new-tokens: invalid value 32700 (the prompt ends at position 344 of this checkpoint's 32768 "
+        "(max_position_embeddings): at most 32424) [a bound: the longest prompt the flags allow, 345 tokens]"),
+}
+
+
+@pytest.mark.parametrize("case", REQUEST_ERRORS)
+def test_request_errors_stop_before_the_model_and_out(case, bench, model_dir, fake, tmp_path, capsys, monkeypatch):
+    """What would fail every sample is refused with one line, exit 2, before a weight is read and before --out is made
+    (it used to be recorded as each sample's error, and the run ended 0 with 0%)."""
+    import model as M
+
+    monkeypatch.setattr(M, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    make, message = REQUEST_ERRORS[case]
+    out = tmp_path / "out"
+    _refused(make(bench, model_dir, tmp_path, out), capsys, message.format(t=tmp_path, b=bench))
+    assert not out.exists() and fake["generate"] == []
+
+
+def test_a_failed_start_leaves_no_new_out(bench, model_dir, fake, tmp_path, capsys, monkeypatch):
+    """A bad --model, a --device-map no GPU can take, or a load that fails after --out was made: no --out is left
+    behind (only its eval.lock used to be). An --out that was there before stays."""
+    import model as M
+
+    out = tmp_path / "out"
+    _refused(args(bench, out, "--model", str(tmp_path / "none")), capsys, f"model directory not found: {tmp_path / 'none'}")
+    assert not out.exists()
+    assert E.main(args(bench, out, "--model", model_dir, "--device-map", "auto")) == 2
+    assert "--device-map auto" in capsys.readouterr().err and not out.exists()
+    monkeypatch.setattr(M, "load_model", lambda *a, **k: (_ for _ in ()).throw(M.ModelError("a shard cannot be read")))
+    for there_before in (False, True):
+        if there_before:
+            out.mkdir()
+        assert E.main(args(bench, out, "--model", model_dir)) == 2
+        assert capsys.readouterr().err.endswith("\neval: error: a shard cannot be read\n")
+        assert out.exists() == there_before
+
+
+@pytest.mark.parametrize("name,text", [("eval_empty.json", "[]"), ("eval_empty.jsonl", ""), ("eval_blank.jsonl", "\n\n")])
+def test_an_empty_dataset_is_refused(name, text, tmp_path, capsys):
+    assert _bad_data(tmp_path, capsys, name, text) == f"eval: error: {tmp_path / name}: no entries"
+
+
+def test_resume_knows_the_model_by_its_directory(bench, model_dir, fake, tmp_path, capsys, monkeypatch):
+    """./m/, m and /abs/m are one run; a directory spelled m from another working directory is another, and so is
+    the same directory once its checkpoint changed (config.json or a shard: the fingerprint)."""
+    from test_cli import _copy, _set_config
+
+    out, a, b = tmp_path / "out", tmp_path / "a", tmp_path / "b"
+    _copy(model_dir, a.mkdir() or a), _copy(model_dir, b.mkdir() or b)
+    run = lambda where, model: monkeypatch.chdir(where) or E.main(args(bench, out, "--model", model, "--modes", "baseline",
+                                                                         "--limit", "1"))
+    assert run(a, "m") == 0 and len(fake["generate"]) == 2
+    for spelled in ("./m/", str(a / "m"), "../a/m"):
+        assert run(a, spelled) == 0, capsys.readouterr().err
+    assert len(fake["generate"]) == 2  # nothing redone
+    capsys.readouterr()
+    assert run(b, "m") == 2
+    assert f"made with model_dir={str(a / 'm')!r}, now {str(b / 'm')!r}" in capsys.readouterr().err
+    _set_config(a / "m", rope_theta=1e5)
+    assert run(a, "m") == 2 and "made with model_fingerprint=" in capsys.readouterr().err
+
+
+def test_retry_errors_keeps_the_latest_attempt(bench, model_dir, fake, tmp_path, capsys):
+    """A retried entry that fails again, differently, is recorded with its new error (the first used to win), also
+    when an older attempt sits in another rank's file."""
+    out = tmp_path / "out"
+    flags = ["--model", model_dir, "--modes", "baseline"]
+    assert E.main(args(bench, out, *flags)) == 0
+    (bench / "gone.mp4").write_text("not a video\n" * 50)  # there now, but unreadable
+    try:
+        assert E.main(args(bench, out, *flags, "--retry-errors")) == 0
+    finally:
+        os.remove(bench / "gone.mp4")
+    r = next(r for r in records(out) if r["id"] == "4")
+    assert r["error"].startswith("cannot read video") and r["attempt"] == 2
+    # the attempt, not the file order, decides: the older error moved to a later rank's file still loses
+    rank0 = (out / "records.rank0.jsonl").read_text().splitlines()
+    first = next(x for x in rank0 if '"id": "4"' in x and '"attempt": 1' in x)
+    (out / "records.rank0.jsonl").write_text("".join(x + "\n" for x in rank0 if x != first))
+    (out / "records.rank1.jsonl").write_text(first + "\n")
+    assert E.read_records(str(out))["mc", "4", "baseline"]["error"].startswith("cannot read video")
+
+
+def test_non_finite_logits_are_that_samples_error(bench, model_dir, fake, tmp_path, capsys, monkeypatch):
+    import model as M
+
+    fake_generate = R.generate
+
+    def nan_on_q1(model, prep, s, stop_ids, info):  # as R.generate says it
+        if s.mode == "vreason" and "[q1]" in fake["tok"].decode(prep.ids.tolist()):
+            raise M.ModelError("non-finite logits at generated token 0 (NaN/inf weights, float16 overflow, too large a --lr)")
+        yield from fake_generate(model, prep, s, stop_ids, info)
+
+    monkeypatch.setattr(R, "generate", nan_on_q1)
+    out = tmp_path / "out"
+    assert E.main(args(bench, out, "--model", model_dir, "--limit", "1")) == 0
+    assert "eval: mc/1 (vreason): non-finite logits at generated token 0" in capsys.readouterr().err
+    errors = {(r["dataset"], r["id"], r["mode"]): r["error"] for r in records(out)}
+    assert len(errors) == 6 and errors.pop(("mc", "1", "vreason")).startswith("non-finite logits")
+    assert set(errors.values()) == {None}  # the other modes of that entry, and the next entry, ran
+
+
+def test_summary_records_the_settings(bench, model_dir, fake, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert E.main(args(bench, out, "--model", model_dir, "--modes", "baseline,lite", "--limit", "1")) == 0
+    s = json.loads((out / "summary.json").read_text())["settings"]
+    assert s["data"] == [str(bench / "eval_mc.jsonl"), str(bench / "eval_vsi.json")] and s["video_root"] == str(bench)
+    assert (s["model"], s["model_dir"], s["dtype"], s["device"], s["device_map"], s["compile"], s["limit"]) == \
+        (model_dir, os.path.realpath(model_dir), "float32", "cpu", "none", False, 1)
+    assert len(s["model_fingerprint"]) == 16 and s["max_pixels"] == 12544 and s["max_new_tokens"] == 1024
+    assert s["modes"] == {"baseline": {"mode": "baseline", "prune_ratio": 0.0}, "lite": {"mode": "lite", "prune_ratio": 0.5}}
+    md = (out / "summary.md").read_text()
+    assert f"\n## Settings\n\n- data: [\"{bench / 'eval_mc.jsonl'}\", " in md and "\n- device: cpu\n" in md
+    assert f"\n- model_dir: {os.path.realpath(model_dir)}\n" in md and "\n- lite: mode lite, prune_ratio 0.5\n" in md
+    assert md in capsys.readouterr().out
+    r = records(out)[0]
+    assert (r["device"], r["device_map"], r["compile"], r["model"]) == ("cpu", "none", False, model_dir)
+
+
+def test_report_on_empty_records_is_one_line(tmp_path, capsys):
+    (tmp_path / "records.jsonl").write_text("")
+    _refused(["--report", str(tmp_path)], capsys, f"--report: no records in {tmp_path} (records.rank*.jsonl or records.jsonl)")
