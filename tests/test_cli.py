@@ -558,14 +558,6 @@ def test_an_output_onto_the_checkpoint_is_refused(model_dir, clip, capsys):
     assert open(config).read() == before
 
 
-def test_plot_without_matplotlib_is_refused_before_the_run(model_dir, clip, tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    assert R.main(["--video", clip, "--q", "x", "--model", model_dir, *SMALL, "--plot", str(tmp_path / "p.png")]) == 2
-    out, err = capsys.readouterr()
-    assert err == "vreason: error: --plot needs matplotlib (pip install matplotlib)\n" and out == "", (out, err)
-    assert not os.listdir(tmp_path)
-
-
 def _char_device(tmp_path, name, minor):
     """A character device node of our own as root (a regression must not replace the system's /dev/null), else the
     system's, which a non-root process cannot replace anyway."""

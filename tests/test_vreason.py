@@ -440,12 +440,14 @@ def test_video_maps_follow_the_tokens(tiny):
 
 
 def test_plot_without_matplotlib(model_dir, clip, tmp_path, capsys, monkeypatch):  # noqa: F811
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    """matplotlib is optional: --plot without it is refused before the run (not found out after it)."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     argv = ["--video", clip, "--q", "x", "--model", model_dir, "--mode", "vreason", "--plot", str(tmp_path / "p.png"),
             "--json", str(tmp_path / "r.json"), *SMALL]
-    assert R.main(argv) == 0
-    assert "needs matplotlib" in capsys.readouterr().err
-    assert not (tmp_path / "p.png").exists() and (tmp_path / "r.json").exists()
+    assert R.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert err == "vreason: error: --plot needs matplotlib (pip install matplotlib)\n" and out == "", (out, err)
+    assert not os.listdir(tmp_path)
 
 
 def test_ctrl_c_leaves_no_file(model_dir, clip, tmp_path):  # noqa: F811
