@@ -758,10 +758,13 @@ def parse_args(argv):
     return a
 
 
-def check_resume(recs, conf, out):
-    """Records already in --out must have been made with the current settings: mixing two runs' numbers is silent."""
+def check_resume(recs, conf, out, model):
+    """Records already in --out must have been made with the current settings: mixing two runs' numbers is silent.
+    Records of an older eval.py name the model by its --model string: then that string is compared, as it was."""
     for r in recs.values():
         was, now = r.get("settings") or {}, conf.get(r["mode"])
+        if now is not None and "model_dir" not in was and "model" in was:
+            now = {**{k: v for k, v in now.items() if k not in ("model_dir", "model_fingerprint")}, "model": model}
         if now is not None and was != now:
             k = next(k for k in {**now, **was} if was.get(k) != now.get(k))
             raise R.UsageError(f"{out} holds {r['mode']} records made with {k}={was.get(k)!r}, now {now.get(k)!r}: "
@@ -945,7 +948,7 @@ def forget_out(out):
 
 def run_locked(a, model_dir, tok, datasets, conf, dev, dtype, device_map, rank, world):
     recs = read_records(a.out)
-    check_resume(recs, conf, a.out)
+    check_resume(recs, conf, a.out, a.model)
     if rank == 0 and (old := sum(not r["error"] and "trace" not in r for r in recs.values())):
         print(f"eval: {old} records in {a.out} have no per-token trace (an older eval.py made them): kept, and left "
               f"out of the figures", file=sys.stderr)

@@ -541,6 +541,24 @@ def test_resume_knows_the_model_by_its_directory(bench, model_dir, fake, tmp_pat
     assert run(a, "m") == 2 and "made with model_fingerprint=" in capsys.readouterr().err
 
 
+def test_a_run_of_an_older_eval_resumes(bench, model_dir, fake, tmp_path, capsys):
+    """An older eval.py recorded the --model string, not the directory and fingerprint: the same string resumes."""
+    out = tmp_path / "out"
+    flags = ["--model", model_dir, "--modes", "baseline", "--limit", "1"]
+    assert E.main(args(bench, out, *flags)) == 0
+    f = out / "records.rank0.jsonl"
+    old = [json.loads(x) for x in f.read_text().splitlines()]
+    for r in old:
+        r["settings"] = {**{k: v for k, v in r["settings"].items() if k not in ("model_dir", "model_fingerprint")}, "model": model_dir}
+    f.write_text("".join(json.dumps(r) + "\n" for r in old))
+    n = len(fake["generate"])
+    assert E.main(args(bench, out, *flags[:-1], "2")) == 0 and len(fake["generate"]) > n  # resumed: only the new entry
+    assert [r["id"] for r in records(out) if "model" in r["settings"]] == [r["id"] for r in old]
+    capsys.readouterr()
+    assert E.main(args(bench, out, "--model", model_dir + "/", *flags[2:])) == 2  # another string: not known the same
+    assert f"made with model={model_dir!r}, now {model_dir + '/'!r}" in capsys.readouterr().err
+
+
 def test_retry_errors_keeps_the_latest_attempt(bench, model_dir, fake, tmp_path, capsys):
     """A retried entry that fails again, differently, is recorded with its new error (the first used to win), also
     when an older attempt sits in another rank's file."""
