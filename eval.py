@@ -235,14 +235,18 @@ def append(fd, rec):
 
 # ----------------------------------------------------------------------------- running
 
-def settings(a, mode, dtype, model_dir):
+def settings(a, mode, dtype, model):
     """Everything that changes a record's numbers, stored with it; a resume must match it. --prune-ratio is Lite's.
-    The model is its resolved directory and fingerprint, not the --model string: ./m/ and /abs/m are one run, and two
-    directories spelled m from different working directories are two."""
+    model: the checkpoint's identity (model_identity), the same for every mode."""
     s = R.Settings.from_args(a, mode=mode, prune_ratio=a.prune_ratio if mode == "lite" else 0.0)
     video = {k: getattr(a, k) for k in ("fps", "nframes", "max_frames", "min_pixels", "max_pixels", "total_pixels")}
-    return {**asdict(s), **video, "system": a.system, "model_dir": os.path.realpath(model_dir),
-            "model_fingerprint": fingerprint(model_dir), "dtype": str(dtype).replace("torch.", "")}
+    return {**asdict(s), **video, "system": a.system, **model, "dtype": str(dtype).replace("torch.", "")}
+
+
+def model_identity(model_dir):
+    """The model as a resume knows it: its resolved directory and fingerprint, not the --model string (./m/ and /abs/m
+    are one run; two directories spelled m from different working directories are two)."""
+    return {"model_dir": os.path.realpath(model_dir), "model_fingerprint": fingerprint(model_dir)}
 
 
 def fingerprint(model_dir):
@@ -920,7 +924,8 @@ def run(a):
     lock = open_out(a.out, lock=rank == 0)
     try:
         model_dir = R.resolve_model(a.model)  # the weights now (a download, for a Hub id not in the cache)
-        conf = {m: settings(a, m, dtype, model_dir) for m in a.modes}
+        model = model_identity(model_dir)  # (hashed once, not once a mode)
+        conf = {m: settings(a, m, dtype, model) for m in a.modes}
         return run_locked(a, model_dir, tok, datasets, conf, dev, dtype, device_map, rank, world)
     except BaseException:
         if made:
