@@ -3,7 +3,9 @@
     python device_check.py                 # CUDA, bf16 speed section at Qwen2.5-VL-7B proportions; planned < 8 min, H100
     python device_check.py --device cpu    # dry run: every step on scaled-down shapes (its timings mean nothing)
 
-What it checks, on random weights written by transformers' save_pretrained (the official layout) and loaded by ours:
+What it checks, on random weights written by transformers' save_pretrained (the official layout) and loaded by ours (it
+runs the speed sections first, 3 then 1, 2, so that a run cut short keeps the targets; each section's rows and
+device_check.json are written when it ends):
   1. parity, ours vs transformers, fp32 and bf16, both families (Qwen2.5-VL, Qwen3-VL), a mid-size checkpoint: vision
      features (and DeepStack's), prefill + 3 decode-step logits, greedy tokens (32); and, Qwen3-VL fp32, --compile
      (CUDA graphs, Triton products) against eager: logits and V-Reason's tokens;
@@ -290,8 +292,9 @@ class Stamps:  # a transformers streamer: put() sees the prompt once, then each 
         pass
 
 
-def speed(dev, dtype, shape, n, tmp, res, skip=()):
-    """Fills res as it goes, so that what was measured survives a later failure."""
+def speed(dev, dtype, shape, n, tmp, res, keep):
+    """Fills res as it goes, so that what was measured survives a later failure; leaves the compiled model in keep for
+    the video-length prompt."""
     t0 = time.perf_counter()
     say = lambda what: print(f"   speed [{time.perf_counter() - t0:4.0f}s] {what}", flush=True)
     hf = hf_model("qwen2_5_vl", shape, 0.02, dev, dtype)
@@ -305,6 +308,7 @@ def speed(dev, dtype, shape, n, tmp, res, skip=()):
     res["lm_params"] = sum(p.numel() for k, p in ours.named_parameters() if not k.startswith("visual."))
     res["bandwidth"] = bandwidth(dev, 4 if dev.type == "cuda" else 0.25)
     res["floor_s"] = bytes_token / res["bandwidth"]
+    say(f"floor {1e3 * res['floor_s']:.2f} ms ({bytes_token / 1e9:.2f} GB a token at {res['bandwidth'] / 1e12:.2f} TB/s)")
     grid = (4, 16, 16)  # 256 video tokens
     ids, px, video = inputs("qwen2_5_vl", grid)
     with torch.no_grad():
@@ -337,27 +341,30 @@ def speed(dev, dtype, shape, n, tmp, res, skip=()):
         runs = [ours_run(ours, prep, n, dev, **kw) for _ in range(3)]
         res[key + "_s"] = statistics.median(r[0] for r in runs)
         res[key + "_peak"] = max(r[1] for r in runs)
-        say(f"{key} {1e3 * res[key + '_s']:.2f} ms/token")
-    if "long" in skip:
-        return
-    # a video-length prompt (4096 video tokens: 32 frames at Video-R1's 256 tokens a frame pair): the cache grows past
-    # 512 rows (a recompile, then dynamic in the length), and attention is a larger share of a token
+        say(f"{key} {1e3 * res[key + '_s']:.2f} ms/token, peak {res[key + '_peak'] / 2**30:.2f} GiB")
+    keep.update(model=ours, c=c, bytes_token=bytes_token, bandwidth=res["bandwidth"])
+
+
+def speed_long(dev, n, res, keep):
+    """The compiled model of speed() at a video-length prompt (4096 video tokens: 32 frames at Video-R1's 256 tokens a
+    frame pair): the cache grows past 512 rows (a recompile, then dynamic in the length), and attention is a larger
+    share of a token."""
+    t0 = time.perf_counter()
+    ours, c = keep["model"], keep["model"].c
     grid = (4, 32, 32) if dev.type == "cpu" else (16, 32, 32)
     ids, px, video = inputs("qwen2_5_vl", grid)
     with torch.no_grad():
         prep = R.Prepared(torch.tensor(ids, device=dev), positions(ours, ids, video).to(dev), ours.encode_video(video), video, 0.0)
-    t1 = time.perf_counter()
     ours_run(ours, prep, 8, dev, mode="vreason")  # the recompile, both variants of the step
-    res["long_compile_s"] = time.perf_counter() - t1
+    res["long_compile_s"] = time.perf_counter() - t0
     res["long_rows"] = len(ids) + n // 2  # valid cache rows, on average over the run
-    res["long_floor_s"] = (bytes_token + 2 * res["long_rows"] * c.n_layers * c.n_kv_heads * c.head_dim * 2) / res["bandwidth"]
+    res["long_floor_s"] = (keep["bytes_token"] + 2 * res["long_rows"] * c.n_layers * c.n_kv_heads * c.head_dim * 2) / keep["bandwidth"]
+    print(f"   long [{time.perf_counter() - t0:4.0f}s] recompiled; floor {1e3 * res['long_floor_s']:.2f} ms", flush=True)
     for key, kw in (("long_s", {}), ("long_vreason_k2_s", dict(mode="vreason", update_every=2))):
         res[key] = statistics.median(ours_run(ours, prep, n, dev, **kw)[0] for _ in range(3))
-        say(f"{len(ids)}-token prompt, {kw.get('mode', 'baseline')}: {1e3 * res[key]:.2f} ms/token")
-    for rows in (512, len(ids) + n) if "attention" not in skip else ():
-        res[f"attention_us_{rows}"] = attention_ab(dev, ours.dtype, c, rows)
-        say(f"decode attention at {rows} rows, µs a layer (eager SDPA, products; compiled SDPA, sums): "
-            f"{res[f'attention_us_{rows}']}")
+        print(f"   long [{time.perf_counter() - t0:4.0f}s] {len(ids)}-token prompt, {kw.get('mode', 'baseline')}: "
+              f"{1e3 * res[key]:.2f} ms/token", flush=True)
+    res["attention_rows"] = [512, len(ids) + n]  # for the attention A/B after it
 
 
 def attention_ab(dev, dtype, c, rows):
@@ -405,8 +412,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--skip", default="", help="comma-separated sections to leave out: parity,cli,speed; "
-                   "or of speed, its video-length prompt and attention A/B: long (both), attention")
+    p.add_argument("--skip", default="", help="comma-separated sections to leave out, of (in the order they run) "
+                   "speed, long (the video-length prompt: needs speed), parity, attention (the decode attention A/B), cli")
     a = p.parse_args(argv)
     dry = a.device == "cpu"
     if not dry and not torch.cuda.is_available():
@@ -443,6 +450,7 @@ def main(argv=None):
         print(f"[{report['runtime_s']:4.0f}s] {name} done", flush=True)
 
     def parity_all():
+        keep.pop("model", None)  # (with --skip long, the 7B is still here)
         for family in ("qwen2_5_vl", "qwen3_vl"):
             for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 5e-2)):
                 r = report.setdefault("parity", {})[f"{family} {str(dtype)[6:]}"] = \
@@ -464,15 +472,15 @@ def main(argv=None):
         if "error" in r:
             rows.append(("CLI", r["error"], "", False))
 
+    s, keep = report["speed"] = {}, {}
+    ms = lambda k: f"{1e3 * s[k]:.2f} ms"
+    x = lambda k, base: f"{ms(k)} ({s[k] / s[base]:.2f}x)"
+    have = lambda *k: all(key in s for key in k)
+
     def speed_all():
-        s = report["speed"] = {}
         try:
-            speed(dev, torch.float32 if dry else torch.bfloat16, "7b-dry" if dry else "7b", 16 if dry else a.new_tokens, tmp, s,
-                  a.skip.split(","))
+            speed(dev, torch.float32 if dry else torch.bfloat16, "7b-dry" if dry else "7b", 16 if dry else a.new_tokens, tmp, s, keep)
         finally:  # the rows of what was measured, also when a later step failed
-            ms = lambda k: f"{1e3 * s[k]:.2f} ms"
-            x = lambda k, base: f"{ms(k)} ({s[k] / s[base]:.2f}x)"
-            have = lambda *k: all(key in s for key in k)
             if have("floor_s"):
                 rows.append(("7B bf16: floor (bytes/token over the copy bandwidth)", f"{ms('floor_s')} ({s['bandwidth'] / 1e12:.2f} TB/s)", "", None))
             if have("compiled_vs_eager"):
@@ -491,20 +499,36 @@ def main(argv=None):
                              s["vreason_k2_s"] / s["base_s"] <= 1.15))
             if have("lite_s", "base_s"):
                 rows.append(("Lite per token (x compiled baseline)", x("lite_s", "base_s"), "", None))
+            if have("vreason_k2_peak", "base_peak") and not dry:
+                rows.append(("peak memory V-Reason / baseline", f"{s['vreason_k2_peak'] / 2**30:.2f} / {s['base_peak'] / 2**30:.2f} "
+                             f"GiB ({s['vreason_k2_peak'] / s['base_peak']:.3f}x)", "<= 1.02x", s["vreason_k2_peak"] / s["base_peak"] <= 1.02))
+
+    def long_all():
+        try:
+            if "model" in keep:  # (speed failed before its model was compiled: nothing to run this on)
+                speed_long(dev, 16 if dry else a.new_tokens, s, keep)
+        finally:
+            keep.pop("model", None)  # the 7B goes before the parity checkpoints come
+            gc.collect()
+            torch.cuda.empty_cache() if dev.type == "cuda" else None
             if have("long_s", "long_floor_s"):
                 rows.append((f"decode compiled, {s['long_rows']} rows (x floor with the rows' bytes); recompile "
                              f"{s['long_compile_s']:.0f} s", x("long_s", "long_floor_s"), "", None))
             if have("long_vreason_k2_s", "long_s"):
                 rows.append(("  V-Reason k=2 there (x compiled baseline)", x("long_vreason_k2_s", "long_s"), "", None))
-            for k in [k for k in s if k.startswith("attention_us_")]:
-                rows.append((f"  attention at {k[13:]} rows, µs a layer: eager SDPA | mm; compiled SDPA | sums",
-                             " | ".join(map(str, s[k])), "", None))
-            if have("vreason_k2_peak", "base_peak") and not dry:
-                rows.append(("peak memory V-Reason / baseline", f"{s['vreason_k2_peak'] / 2**30:.2f} / {s['base_peak'] / 2**30:.2f} "
-                             f"GiB ({s['vreason_k2_peak'] / s['base_peak']:.3f}x)", "<= 1.02x", s["vreason_k2_peak"] / s["base_peak"] <= 1.02))
+
+    def attention_all():
+        for n_rows in s.get("attention_rows", [512]) if "c" in keep else []:
+            r = s[f"attention_us_{n_rows}"] = attention_ab(dev, torch.float32 if dry else torch.bfloat16, keep["c"], n_rows)
+            print(f"   attention at {n_rows} rows, µs a layer (eager SDPA, products; compiled SDPA, sums): {r}", flush=True)
+            rows.append((f"attention at {n_rows} rows, µs a layer: eager SDPA | mm; compiled SDPA | sums",
+                         " | ".join(map(str, r)), "", None))
 
     with tempfile.TemporaryDirectory(prefix="device-check-") as tmp:
-        for name, run in (("parity", parity_all), ("cli", cli_all), ("speed", speed_all)):
+        # the targets first, so that a run cut short keeps them; the 7B's graphs stay for the long prompt, and
+        # parity's compile comes after (it resets them)
+        for name, run in (("speed", speed_all), ("long", long_all), ("parity", parity_all), ("attention", attention_all),
+                          ("cli", cli_all)):
             if name not in a.skip.split(","):
                 section(name, run)
                 table()
