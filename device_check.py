@@ -4,8 +4,8 @@
     python device_check.py --device cpu    # dry run: every step on scaled-down shapes (its timings mean nothing)
 
 What it checks, on random weights written by transformers' save_pretrained (the official layout) and loaded by ours (it
-runs the speed sections first, 3 then 1, 2, so that a run cut short keeps the targets; each section's rows and
-device_check.json are written when it ends):
+runs 3's speed rows and video-length prompt first, so that a run cut short keeps the targets, then 1, 3's attention
+A/B, and 2; each section's rows and device_check.json are written when it ends):
   1. parity, ours vs transformers, fp32 and bf16, both families (Qwen2.5-VL, Qwen3-VL), a mid-size checkpoint: vision
      features (and DeepStack's), prefill + 3 decode-step logits, greedy tokens (32); and, Qwen3-VL fp32, --compile
      (CUDA graphs, Triton products) against eager: logits and V-Reason's tokens;
