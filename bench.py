@@ -1,11 +1,11 @@
-"""Speed and memory side by side (issues #5, #9): our model (model.py + vreason.generate) against transformers on the
+"""Speed and memory side by side: our model (model.py + vreason.generate) against transformers on the
 same random-weight checkpoints, and V-Reason / Lite against our baseline, for both families (Qwen2.5-VL, Qwen3-VL; the
 shape picks the family). transformers is a bench-only dependency: 4.51 for the Qwen2.5-VL shapes, 4.57 (the Qwen3-VL
 oracle venv) for the q3-* shapes, which need its Qwen3-VL classes.
 
-    python bench.py                                  # 3b-slim, 7b-narrow, small; CPU fp32; about 15 minutes on 2 cores
+    python bench.py                                  # 3b-slim, 7b-narrow, small; CPU fp32 (docs/performance.md#cpu-bench)
     .venv-oracle3/bin/python bench.py --shape q3-4b-slim   # Qwen3-VL-4B's layer width, 4 of 36 layers
-    python bench.py --shape 3b --ours-only --new-tokens 17 --video-grid 2 16 16   # V-Reason on the real 3B (15 GB RAM)
+    python bench.py --shape 3b --ours-only --new-tokens 33 --vr-tokens 32 --video-grid 2 16 16   # the real 3B (15 GB RAM)
     python bench.py --shape 7b --device cuda --dtype bfloat16
     python bench.py --smoke --json /tmp/bench.json   # tiny shapes, 1 run (CI: checks the script, not the speed)
 
@@ -254,8 +254,8 @@ def matvecs(model, dev, reps=3):
 
 
 def paired(num, den):
-    """Median over rounds of the ratio within each round: the machine's speed drifts between rounds (this VM's
-    bandwidth moved 17-24 GB/s in one run), and both sides of a ratio were measured back to back in the same round."""
+    """Median over rounds of the ratio within each round: a machine's speed drifts between rounds (a shared VM's
+    bandwidth does), and both sides of a ratio were measured back to back in the same round."""
     return med(n / d for n, d in zip(num, den))
 
 
@@ -280,12 +280,12 @@ def memory_child(spec):
     model = M.load_model(spec["dir"], dev, dtype)
     prep = prepared(model, tuple(spec["grid"]), dev)
     gc.collect()
-    R.reset_peak_memory(model)
-    before, info = R.peak_memory_bytes(model), {}  # right after a reset the peak is what is in use now
+    M.reset_peak_memory(model)
+    before, info = M.peak_memory_bytes(model), {}  # right after a reset the peak is what is in use now
     for _ in R.generate(model, prep, R.Settings(mode=spec["mode"], max_new_tokens=spec["n"]), set(), info):
         pass
     R.sync(model)
-    print(json.dumps({"peak_bytes": R.peak_memory_bytes(model), "before_bytes": before, **info}))
+    print(json.dumps({"peak_bytes": M.peak_memory_bytes(model), "before_bytes": before, **info}))
 
 
 def measure_memory(a, path, grid, mode):
@@ -522,7 +522,9 @@ def main(argv=None):
         rows += targets(name, report["shapes"][name])
         report["targets"] = [dict(zip(("shape", "measure", "ours", "reference", "ratio", "target", "pass"), r)) for r in rows]
         report["runtime_s"] = time.perf_counter() - t0
-        R.write_atomic(a.json, R.dumps(report, indent=1))  # after every shape: a run that dies late keeps what it measured
+        with open(a.json + ".tmp", "w") as f:  # after every shape, whole: a run that dies late keeps what it measured
+            json.dump(report, f, indent=1, allow_nan=False)
+        os.replace(a.json + ".tmp", a.json)
     print(f"\n{'shape':<10} {'measure':<62} {'ours':>8} {'ref':>8} {'ratio':>6}  {'target':<16} result")
     for shape, what, ours, ref, ratio, target, ok in rows:
         result = "" if ok is None else "PASS" if ok else "MISS"

@@ -1,6 +1,6 @@
 """The device check: one call on a GPU machine, one table (issue 12).
 
-    python device_check.py                 # CUDA, bf16 speed at Qwen2.5-VL-7B proportions; 479 s on a bare H100
+    python device_check.py                 # CUDA, bf16 speed at Qwen2.5-VL-7B proportions (~8 minutes on a bare GPU)
     python device_check.py --device cpu    # dry run: every step on scaled-down shapes (its timings mean nothing)
 
 What it checks, on random weights written by transformers' save_pretrained (the official layout) and loaded by ours (it

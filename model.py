@@ -6,12 +6,13 @@ here, written once: config.json reading, norms, rotary, the KV cache we own, the
 vision attention, device placement and the safetensors loader. Batch size 1 throughout (V-Reason optimizes per sample).
 
 Shapes: N = vision patches, M = N/4 merged video tokens, S = tokens in a forward, T = cache rows, D = LLM hidden,
-H / Hkv = query / key-value heads, d = head dim. Specs: ../shared/spec/qwen25vl.md, qwen3vl.md, vreason.md.
+H / Hkv = query / key-value heads, d = head dim. The method: METHOD.md; how a family plugs in: PORTING.md.
 """
 import importlib
 import json
 import math
 import os
+import resource
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import video as V
+import video
 
 FAMILIES = {"qwen2_5_vl": "qwen25vl", "qwen3_vl": "qwen3vl"}  # config.json model_type -> the family's module
 
@@ -182,7 +183,7 @@ class Config:
             raise ModelError(f"{path}: vision_config.hidden_size {self.v_hidden} is not num_heads {self.v_heads} x a "
                              f"head size divisible by 4")
         # video.py cuts frames into patches with the family's constants, not the config's: they must agree
-        fam = V.get_family(self.model_type)
+        fam = video.get_family(self.model_type)
         for key, have, want in (("patch_size", self.patch_size, fam.patch), ("spatial_merge_size", self.merge_size, fam.merge),
                                 ("temporal_patch_size", self.temporal_patch_size, fam.temporal_patch),
                                 ("in_channels", self.in_chans, 3)):
@@ -356,21 +357,21 @@ def decode_attention(q, K, V, mask):
     (H, _, d), Hkv = q.shape, K.shape[0]
     q = q.reshape(Hkv, H // Hkv, d)
     if torch.compiler.is_compiling():  # --compile: the same sums written out, for inductor to spread over the GPU
-        # (SDPA's memory-efficient kernel runs one block per kv head, 4 of an H100's 132 SMs for a 7B, and walks the
-        # cache rows in turn). Compiled on an H100, µs a layer: 9.8 vs SDPA's 22.9 at 512 rows, 31.2 vs 176.4 at 4190
+        # (SDPA's memory-efficient kernel runs one block per kv head and walks the cache rows in turn: few of a big
+        # GPU's SMs work; measured: docs/performance.md#decode-attention)
         s = (q[:, :, None].float() * K[:, None].float()).sum(-1) / math.sqrt(d) + mask  # [Hkv, H/Hkv, T] fp32
         o = (s.softmax(-1)[..., None] * V[:, None].float()).sum(-2)  # [Hkv, H/Hkv, d]
         return o.to(q.dtype).reshape(H, 1, d)
-    with sdpa_kernel(SDPA_BACKENDS):  # eager: SDPA (the eager step is bound by its launches, not this; README "GPU")
+    with sdpa_kernel(SDPA_BACKENDS):  # eager: SDPA (the eager step is bound by its launches, not by this)
         return F.scaled_dot_product_attention(q[None], K[None], V[None], attn_mask=mask).reshape(H, 1, d)
 
 
 class DecoderLayer(nn.Module):
     """A Qwen2 layer (q/k/v bias) or a Qwen3 layer (no bias, per-head RMSNorm on q and k before the rotary): RMSNorm,
     GQA attention, RMSNorm, SwiGLU MLP. The matrices are stored packed and transposed, [in, out]: q|k|v as one, gate|up
-    as one. Decoding reads every weight once per token, and a vector times an [in, out] matrix streams it faster than
-    the checkpoint's [out, in] (bench.py measured 1.0x instead of 1.25x the bandwidth floor on CPU); packing also
-    means fewer, larger products. Values get no norm and no rotary in either family: ΔV acts on v_proj's output."""
+    as one. Decoding reads every weight once per token, and on a CPU a vector times an [in, out] matrix streams it
+    faster than the checkpoint's [out, in] (docs/performance.md#weight-layout); packing also means fewer, larger
+    products. Values get no norm and no rotary in either family: ΔV acts on v_proj's output."""
 
     def __init__(self, c):
         super().__init__()
@@ -428,12 +429,16 @@ class Visual:
 
 
 class VideoLM(nn.Module):
-    """The model contract: what V-Reason needs from a model, and nothing more. vreason.py calls only these:
+    """The model contract: what V-Reason needs from a model, and nothing more. vreason.py uses exactly these:
 
       encode_video(video) -> Visual          vision features of a prepared video (video.py's Video)
       prompt(tok, question, video, system)   -> ids [S], positions [3, S]: the family's chat prompt and its
                                              explicit M-RoPE positions (decode positions continue from max + 1)
-      new_cache(max_len) -> KVCache          a cache we own, on the layers' devices
+      new_cache(max_len) -> KVCache          a cache we own, on the layers' devices; what the method reads of it:
+        cache.k[i], cache.v[i]               layer i's keys and values, [Hkv, T_max, d]: the controller edits the
+                                             last layer's video value rows, Lite compacts every layer's rows
+        cache.length                         the valid rows [0, length) (Lite lowers it)
+        cache.nbytes()                       bytes of the valid rows (what Lite saves)
       prefill(ids, pos, visual, cache)       -> (logits [vocab] fp32 of the last row, that row's input to the last
                                              layer [1, D]); fills cache rows [0, S)
       decode(token, pos, cache, finish)      one step; finish=False stops once the last layer's K/V are cached and
@@ -443,8 +448,8 @@ class VideoLM(nn.Module):
                                              else that is cached, so ΔV's gradient needs only this
       video_spans(ids) -> [(lo, hi), ...]    cache rows of the video tokens (Qwen3-VL: one span per frame group,
                                              timestamps between them are text)
-      c.n_layers, c.n_kv_heads, c.head_dim, dtype, devices()   sizes, and where to synchronize timers
       layer_devices()                        each layer's device (its cache's); the first takes the prompt ids
+      devices()                              every device the model uses (synchronized before a timer is read)
     and, for the CLI and eval.py around the method: compile_decode() (--compile), thinking (a Thinking checkpoint),
     c.model_type, c.max_positions (the prompt's length check).
 
@@ -490,8 +495,7 @@ class VideoLM(nn.Module):
         product of the step into a Triton reduction tuned to the bandwidth, with the norm, bias, SwiGLU or residual
         around it fused in. Such a reduction streams the weights fastest along its rows, so the decoder's matrices
         and the head are then stored [out, in] (the checkpoint's order) behind the same [in, out] view (eager code
-        and cuBLAS take either). H100, 7B proportions, the step alone: 6.01 ms this way, 7.32 ms over [in, out]
-        storage, 6.37 ms with cuBLAS; the bandwidth floor 4.70 ms (README, "GPU")."""
+        and cuBLAS take either; the three measured: docs/performance.md#compiled-decode)."""
         self.cuda_graphs = any(d.type == "cuda" for d in self.devices())
         if self.cuda_graphs:
             with torch.no_grad():
@@ -735,7 +739,7 @@ def skeleton(model_dir):
     c = fam.Config.from_json(os.path.join(model_dir, "config.json"))
     with torch.device("meta"):
         model = fam.Model(c)
-    model.thinking = V.get_family(c.model_type).thinking and V.thinking_template(model_dir)
+    model.thinking = video.get_family(c.model_type).thinking and video.thinking_template(model_dir)
     return model
 
 
@@ -799,11 +803,9 @@ def memory_need(model, device, dtype, device_map=None, prompt_tokens=0, new_toke
     wider. While running, the prefill's activations, per prompt token: in the MLP gate|up 2I, silu(gate) I and their
     product I; q|k|v (H + 2 Hkv) d; and 6 D (the residual, the embedding and its copy with the video features in, the
     video features themselves, RMSNorm's float32 temporaries), plus a D per DeepStack feature (Qwen3-VL). Attention
-    is flash or memory-efficient: O(S). On an H200 (bf16, random weights, prompts of 9k and 28k tokens) the prefill
-    held 104k values a token for Qwen2.5-VL-7B (this count: 102k) and 93k for Qwen3-VL-8B (92k); the vision tower,
-    done before it, 79k and 86k per video token. Twice that, as CUDA's caching allocator reserved up to 1.56 x the
-    live activations there. Meant to err high: refusing a run that would just have fit costs a flag, an OOM kill
-    costs the run."""
+    is flash or memory-efficient: O(S). The count is checked against a GPU's measured peak, and doubled for CUDA's
+    caching allocator, which reserves more than the live activations (docs/performance.md#memory-check). Meant to
+    err high: refusing a run that would just have fit costs a flag, an OOM kill costs the run."""
     c, size, need = model.c, dtype.itemsize, {}
     for name, p in model.named_parameters():
         need.setdefault(torch.device(placement(name, c, device, device_map)), [0, 0, 0])[0] += p.numel() * size
@@ -847,6 +849,28 @@ def free_memory(device):
         except (OSError, ValueError):  # no such cgroup file, or "max": no limit
             continue
     return free
+
+
+def reset_peak_memory(model):
+    if any(d.type == "cuda" for d in model.devices()):
+        for d in model.devices():
+            torch.cuda.reset_peak_memory_stats(d)
+    else:  # Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM), so each run gets its own peak
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+
+def peak_memory_bytes(model):
+    if any(d.type == "cuda" for d in model.devices()):  # summed over the GPUs a split model uses
+        return sum(torch.cuda.max_memory_allocated(d) for d in model.devices())
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # process peak RSS (Linux reports KiB)
 
 
 def shortfall(need):  # the first device where the need exceeds what is free: (device, bytes needed, bytes free)

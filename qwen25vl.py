@@ -1,6 +1,6 @@
 """Qwen2.5-VL (3B-72B): its config, its vision encoder (window attention, RMSNorm, SwiGLU) and its M-RoPE positions
 (the temporal index follows the sampled time). The decoder, the cache and the loader are shared (model.py).
-Spec: ../shared/spec/qwen25vl.md (section numbers below); reference: transformers 4.51.3.
+Reference: transformers 4.51.3 models/qwen2_5_vl (Qwen's own M-RoPE rule).
 """
 from dataclasses import dataclass
 
@@ -20,7 +20,7 @@ class Config(M.Config):
 
     @classmethod
     def from_json(cls, path):
-        """An official config.json (flat, `rope_scaling`) or a newer nested one (`text_config`, `rope_parameters`) (§1.2)."""
+        """An official config.json (flat, `rope_scaling`) or a newer nested one (`text_config`, `rope_parameters`)."""
         common, v = M.Config.read(path, "qwen2_5_vl", interleaved=False, qk_norm=False, bias=True,
                                   vision_act="silu")
         c = cls(**common, window_size=v.get("window_size"), fullatt_blocks=v.ints("fullatt_block_indexes"),
@@ -32,7 +32,7 @@ class Config(M.Config):
         return c
 
 
-# ----------------------------------------------------------------------------- vision encoder (§2)
+# ----------------------------------------------------------------------------- vision encoder
 
 class MLP(nn.Module):  # SwiGLU with bias
     def __init__(self, dim, hidden):
@@ -54,7 +54,7 @@ class PatchMerger(nn.Module):  # 2x2 neighbouring patches -> one LLM token
 
 
 def window_index(grids, ws):
-    """Order merged tokens window by window (ws x ws merged tokens per window, §2.4). Returns the permutation
+    """Order merged tokens window by window (ws x ws merged tokens per window, the reference's get_window_index). Returns the permutation
     [M] and the cumulative patch boundaries of the non-empty windows."""
     order, cu, offset = [], [0], 0
     for t, h, w in grids:
@@ -97,7 +97,7 @@ class VisionEncoder(nn.Module):
         return self.merger(x)[torch.argsort(win).to(dev)]  # back to (t, h, w) token order
 
 
-# ----------------------------------------------------------------------------- M-RoPE positions (§3.3)
+# ----------------------------------------------------------------------------- M-RoPE positions
 
 def rope_index(ids, video_grids, second_per_grid, c):
     """Qwen's reference M-RoPE positions for one sequence. ids: list[int]; video_grids: [(t, h, w)] in patches;

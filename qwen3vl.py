@@ -1,7 +1,7 @@
 """Qwen3-VL (2B-32B, Instruct and Thinking): its config, its vision encoder (learned position table, LayerNorm, GELU
 MLP, DeepStack mergers) and its positions (timestamps as text between frame groups, no temporal index). The decoder
 is the shared one with Qwen3 layers (per-head q/k RMSNorm, no bias) and interleaved M-RoPE (model.py).
-Spec: ../shared/spec/qwen3vl.md; reference: transformers 4.57 models/qwen3_vl.
+Reference: transformers 4.57 models/qwen3_vl. What differs from Qwen2.5-VL, and where: PORTING.md §4.
 """
 from dataclasses import dataclass
 

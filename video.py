@@ -1,8 +1,8 @@
 """Video file -> Qwen2.5-VL / Qwen3-VL vision inputs, and the chat prompt around them.
 
 Reproduces, by value, the reference pipeline of each family:
-  Qwen2.5-VL (spec qwen25vl.md §4-5): qwen-vl-utils 0.0.10 fetch_video + transformers 4.51.3 Qwen2VLImageProcessor;
-  Qwen3-VL (spec qwen3vl.md, "Video, prompt and positions"): qwen-vl-utils 0.0.14 fetch_video(image_patch_size=16) +
+  Qwen2.5-VL: qwen-vl-utils 0.0.10 fetch_video + transformers 4.51.3 Qwen2VLImageProcessor;
+  Qwen3-VL: qwen-vl-utils 0.0.14 fetch_video(image_patch_size=16) +
   transformers 4.57 Qwen3VLVideoProcessor and Qwen3VLProcessor (timestamped prompt).
 Both: decode every frame (torchvision's PyAV backend), pick n of them evenly, smart-resize within the video pixel
 limits, bicubic+antialias resize, rescale and normalize, pad to an even frame count, patchify into merge-block-major
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-# qwen-vl-utils 0.0.10 constants for Qwen2.5-VL (spec qwen25vl.md §4.1); smart_resize's defaults are its image limits
+# qwen-vl-utils 0.0.10 constants for Qwen2.5-VL (vision_process.py); smart_resize's defaults are its image limits
 FACTOR = 28                                       # patch 14 * spatial merge 2: sides are multiples of 28
 MIN_PIXELS, MAX_PIXELS, MAX_RATIO = 4 * 28 * 28, 16384 * 28 * 28, 200
 FRAME_FACTOR = 2                                  # = temporal_patch_size: frames go to the ViT in pairs
@@ -90,7 +90,7 @@ class VideoError(ValueError):
 
 @dataclass
 class Video:
-    pixel_values: torch.Tensor      # [N, 3*2*p*p] fp32, N = t*h*w, rows in merge-block-major order (spec §4.6)
+    pixel_values: torch.Tensor      # [N, 3*2*p*p] fp32, N = t*h*w, rows in merge-block-major order (frames_to_patches)
     grid_thw: tuple[int, int, int]  # (t, h, w): t 2-frame groups, h x w patches of p px
     second_per_grid: float          # seconds covered by one temporal group = 2 / sample_fps
     meta: dict                      # JSON-serializable record of every decision made
@@ -107,7 +107,7 @@ class Video:
 
 def smart_nframes(total: int, video_fps: float, fps: float = 2.0, nframes: int | None = None,
                   min_frames: int = 4, max_frames: int = 768) -> int:
-    """How many frames to sample, qwen-vl-utils semantics (0.0.10 = 0.0.14, spec §4.2). Always even."""
+    """How many frames to sample, qwen-vl-utils smart_nframes (0.0.10 = 0.0.14). Always even."""
     if nframes is not None:
         n = round(nframes / FRAME_FACTOR) * FRAME_FACTOR          # Python round is half-to-even: 5 -> 4, 7 -> 8
     else:
@@ -129,7 +129,7 @@ def smart_nframes(total: int, video_fps: float, fps: float = 2.0, nframes: int |
 
 def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int = MIN_PIXELS,
                  max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
-    """(height, width) rounded to multiples of factor with area in [min_pixels, max_pixels] (spec §4.3).
+    """(height, width) rounded to multiples of factor with area in [min_pixels, max_pixels] (qwen-vl-utils).
     Same in qwen-vl-utils 0.0.10 and 0.0.14 (which also asserts max >= min: load_video checks that first)."""
     if min(height, width) <= 0:
         raise VideoError(f"bad frame size {width}x{height}")
@@ -178,7 +178,7 @@ def group_timestamps(frame_indices, video_fps: float, group: int = 2) -> list[fl
 # ----------------------------------------------------------------------------- pixels
 
 def _resize(rgb: np.ndarray, hb: int, wb: int) -> torch.Tensor:
-    """[H, W, 3] uint8 -> [3, hb, wb] uint8, bit-identical to torchvision's uint8 BICUBIC antialias (spec §4.4)."""
+    """[H, W, 3] uint8 -> [3, hb, wb] uint8, bit-identical to torchvision's uint8 BICUBIC antialias."""
     x = torch.from_numpy(rgb).permute(2, 0, 1)
     if x.shape[1:] == (hb, wb):
         return x.clone()           # torchvision returns same-size input untouched; clone drops the decoder buffer
@@ -206,7 +206,7 @@ def frames_to_patches(frames: torch.Tensor, family="qwen2_5_vl") -> tuple[torch.
         # scaled in fp32; (v/255 - mean)/std would differ from it by an ulp on some levels.
         x.sub_(mean * 255).div_(std * 255)
     else:
-        # 4.51's slow processor: fp32 (v/255 - mean)/std == its float64 rescale then fp32 normalize (spec §4.5).
+        # 4.51's slow processor: fp32 (v/255 - mean)/std == its float64 rescale then fp32 normalize.
         x.div_(255).sub_(mean).div_(std)
     t, gh, gw = x.shape[0] // tp, H // p, W // p
     x = x.reshape(t, tp, 3, gh // m, m, p, gw // m, m, p)
@@ -377,7 +377,7 @@ def thinking_template(model_dir) -> bool:
 def build_prompt(tokenizer: Tokenizer, question: str, video, system: str | None = None, family=None,
                  thinking: bool = False) -> list[int]:
     """Token ids of the family's chat template for one video followed by the question, with the video expanded as
-    the HF processor does: Qwen2.5-VL one block of n_tokens <|video_pad|> (spec qwen25vl.md §5); Qwen3-VL per temporal
+    the HF processor does: Qwen2.5-VL one block of n_tokens <|video_pad|>; Qwen3-VL per temporal
     group `<{t:.1f} seconds>` then its block of h*w/4 <|video_pad|>, and no default system message.
     video: a Video (for Qwen2.5-VL its <|video_pad|> count also does). family defaults to the video's.
     thinking: the Thinking template's generation prompt, which opens the reasoning with <think>\\n (see
@@ -407,7 +407,7 @@ def build_prompt(tokenizer: Tokenizer, question: str, video, system: str | None 
     text += "".join(f"{label}<|vision_start|><|video_pad|><|vision_end|>" for label, _ in blocks)
     text += f"{question}<|im_end|>\n<|im_start|>assistant\n" + (THINK_OPEN if thinking else "")
     # One <|video_pad|> per block, expanded after encoding: special tokens are matched whole by the tokenizer, so the
-    # text around them tokenizes the same as in the processor's fully expanded string. No BOS is added (spec §1.3).
+    # text around them tokenizes the same as in the processor's fully expanded string. No BOS is added (Qwen adds none).
     ids = tokenizer.encode(text, add_special_tokens=False).ids
     pad = tokenizer.token_to_id("<|video_pad|>")
     if ids.count(pad) != len(blocks):

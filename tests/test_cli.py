@@ -17,7 +17,7 @@ import torch
 from clips import write_audio_only, write_clip, write_empty_video
 from conftest import ROOT
 
-import vreason as R
+import cli as C
 
 SMALL = ["--min-pixels", "3136", "--max-pixels", "12544", "--max-new-tokens", "8"]
 
@@ -58,7 +58,7 @@ def test_cli_end_to_end(model_dir, clip, tmp_path):
     v = rec["video"]
     assert v["frame_indices"] == [0, 5, 9, 14, 18, 23]  # 3 s at 8 fps, sampled at 2 fps: linspace(0, 23, 6).round()
     assert rec["video_tokens"] == v["grid_thw"][0] * v["grid_thw"][1] * v["grid_thw"][2] // 4
-    assert rec["prompt_tokens"] == rec["video_tokens"] + 21 + 3  # §5: 21 template tokens + "What happens?"
+    assert rec["prompt_tokens"] == rec["video_tokens"] + 21 + 3  # 21 chat-template tokens + "What happens?"
     for key in ("text", "model", "dtype", "device", "mode", "timings", "settings"):
         assert key in rec
     assert rec["settings"]["max_new_tokens"] == 8 and rec["settings"]["temperature"] == 0.0
@@ -74,21 +74,21 @@ def test_readme_first_command(model_dir, tmp_path, capsys, monkeypatch):
     argv = shlex.split(line.split("python vreason.py", 1)[1])
     argv[argv.index("--model") + 1] = model_dir
     monkeypatch.chdir(ROOT)
-    assert R.main([*argv, "--max-new-tokens", "4", "--json", str(tmp_path / "r.json")]) == 0
+    assert C.main([*argv, "--max-new-tokens", "4", "--json", str(tmp_path / "r.json")]) == 0
     rec = strict((tmp_path / "r.json").read_text())
     assert rec["video"]["path"] == "assets/clip.mp4" and rec["video"]["frames_decoded"] == 100 and len(rec["token_ids"]) == 4
     assert rec["question"] == "What happens after the ball is thrown?" and os.path.getsize("assets/clip.mp4") <= 500_000
 
 
 def test_json_to_stdout_is_pure_json(model_dir, clip, capsys):
-    assert R.main(["--video", clip, "--q", "Why?", "--model", model_dir, "--json", "-", *SMALL]) == 0
+    assert C.main(["--video", clip, "--q", "Why?", "--model", model_dir, "--json", "-", *SMALL]) == 0
     out, err = capsys.readouterr()
     rec = strict(out)
     assert rec["text"] in err and rec["mode"] == "baseline"
 
 
 def test_trace_to_stdout(model_dir, clip, capsys):
-    assert R.main(["--video", clip, "--q", "Why?", "--model", model_dir, "--trace", "-", *SMALL]) == 0
+    assert C.main(["--video", clip, "--q", "Why?", "--model", model_dir, "--trace", "-", *SMALL]) == 0
     out, err = capsys.readouterr()
     steps = [strict(x) for x in out.splitlines()]
     assert len(steps) == 8 and "".join(x["text"] for x in steps) in err
@@ -119,7 +119,7 @@ def _audio(tmp_path, clip):
 
 def _bad(capsys, tmp_path, argv):
     out = tmp_path / "out.json"
-    assert R.main([*argv, "--json", str(out)]) == 2
+    assert C.main([*argv, "--json", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("vreason: error:") and "Traceback" not in err, err
     assert not out.exists() and not any(p.name.startswith("out.json") for p in tmp_path.iterdir())
@@ -342,7 +342,7 @@ def test_bad_model_dir(case, family, model_dirs, clip, tmp_path, capsys):
 # ----------------------------------------------------------------------------- the request against the checkpoint and the machine
 
 def _free(monkeypatch, gb):  # every device reports this much free memory
-    monkeypatch.setattr(R.M, "free_memory", lambda dev: gb * 1e9)
+    monkeypatch.setattr(C.M, "free_memory", lambda dev: gb * 1e9)
 
 
 @pytest.mark.parametrize("family", [Q25, Q3])
@@ -353,12 +353,12 @@ def test_memory_fits_or_stops_before_loading(family, model_dirs, clip, tmp_path,
     d, cpu = model_dirs[family], torch.device("cpu")
     argv = ["--video", clip, "--q", "x", "--model", d, "--device", "cpu", *SMALL]
     _free(monkeypatch, 1000)
-    assert R.main([*argv, "--quiet"]) == 0
+    assert C.main([*argv, "--quiet"]) == 0
     loads = []
-    monkeypatch.setattr(R.M, "load_model", lambda *a, **k: loads.append(a))
-    skeleton = R.M.skeleton(d)
-    prompt = len(skeleton.prompt(R.V.load_tokenizer(d), "x", R.V.load_video(clip, family, min_pixels=3136, max_pixels=12544))[0])
-    full, half = (R.M.memory_need(skeleton, cpu, dt, None, prompt, 8)[cpu] for dt in (torch.float32, torch.bfloat16))
+    monkeypatch.setattr(C.M, "load_model", lambda *a, **k: loads.append(a))
+    skeleton = C.M.skeleton(d)
+    prompt = len(skeleton.prompt(C.V.load_tokenizer(d), "x", C.V.load_video(clip, family, min_pixels=3136, max_pixels=12544))[0])
+    full, half = (C.M.memory_need(skeleton, cpu, dt, None, prompt, 8)[cpu] for dt in (torch.float32, torch.bfloat16))
     gb = lambda n: f"{n / 1e9:.1f}"
     for free, fits in ((sum(half) / 1e9 + 0.001, ": fits"), (sum(half) / 1e9 - 0.001, "")):
         _free(monkeypatch, free)
@@ -388,7 +388,7 @@ def test_readme_command_on_a_24gb_cpu_machine(tmp_path, qwen_tokenizer_json, cap
 
     monkeypatch.setitem(sys.modules, "huggingface_hub", type(sys)("huggingface_hub"))
     monkeypatch.setattr(sys.modules["huggingface_hub"], "snapshot_download", snapshot_download, raising=False)
-    monkeypatch.setattr(R.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     _free(monkeypatch, 22)
     line = next(x for x in open(os.path.join(ROOT, "README.md")) if x.lstrip().startswith("python vreason.py --video"))
     argv = shlex.split(line.split("python vreason.py", 1)[1])
@@ -398,11 +398,67 @@ def test_readme_command_on_a_24gb_cpu_machine(tmp_path, qwen_tokenizer_json, cap
                    "36.1 GB, 22.0 GB free; options: --dtype bfloat16 (needs 18.3 GB: fits), a smaller checkpoint (e.g. "
                    "--model Qwen/Qwen3-VL-2B-Instruct), --device-map auto on several GPUs")
     assert asked == [("Qwen/Qwen2.5-VL-7B-Instruct", False)]  # nothing of the 16 GB of weights was asked for
-    assert R.main([*argv, "--dtype", "bfloat16"]) == 2
+    assert C.main([*argv, "--dtype", "bfloat16"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "downloading Qwen/Qwen2.5-VL-7B-Instruct (weights) from the Hugging Face Hub ...",
         "vreason: error: cannot get Qwen/Qwen2.5-VL-7B-Instruct: OSError: offline; pass --model /path/to/a/downloaded/checkpoint"]
     assert [w for _, w in asked] == [False, False, True, True]  # the cache first, then the download
+
+
+def test_hub_cache_without_huggingface_hub_takes_refs_main(model_dir, tmp_path, monkeypatch):
+    """Without huggingface_hub, a Hub id resolves to the snapshot the cache's refs/main names (the revision
+    huggingface_hub itself takes), not to whichever snapshot hash sorts last; no refs/main, no snapshot."""
+    repo = tmp_path / "hub" / "models--Qwen--Qwen2.5-VL-3B-Instruct"
+    for rev in ("0" * 40, "f" * 40):
+        (repo / "snapshots" / rev).mkdir(parents=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import huggingface_hub -> ImportError
+    with pytest.raises(C.M.ModelError, match="not a local directory nor in the Hugging Face cache"):
+        C.resolve_model("Qwen/Qwen2.5-VL-3B-Instruct")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    assert C.resolve_model("Qwen/Qwen2.5-VL-3B-Instruct") == str(repo / "snapshots" / ("0" * 40))
+
+
+@pytest.mark.parametrize("family,value,ok", [("qwen2_5_vl", 800, True), ("qwen3_vl", 800, False), ("qwen3_vl", 1024, True)])
+def test_pixel_flags_are_checked_against_the_checkpoints_block(model_dirs, clip, tmp_path, capsys, family, value, ok):
+    """--min-pixels below one block of the checkpoint's own family: 28x28 = 784 for Qwen2.5-VL, 32x32 = 1024 for
+    Qwen3-VL."""
+    argv = ["--video", clip, "--q", "x", "--model", model_dirs[family], "--min-pixels", str(value), "--max-pixels", "12544",
+            "--max-new-tokens", "2", "--quiet"]
+    if ok:
+        assert C.main(argv) == 0
+    else:
+        assert _bad(capsys, tmp_path, argv) == ("vreason: error: argument --min-pixels: invalid value 800 (must be an "
+                                                "integer >= 1024, one 32x32 block)")
+
+
+@pytest.mark.parametrize("mode", ["baseline", "vreason"])
+def test_prune_ratio_is_lites(model_dir, clip, tmp_path, capsys, mode):
+    """--prune-ratio has one meaning in vreason.py and eval.py: Lite's ratio. With another mode it is refused, and the
+    way to prune without the controller is named."""
+    err = _bad(capsys, tmp_path, ["--video", clip, "--q", "x", "--model", model_dir, *SMALL, "--mode", mode, "--prune-ratio", "0.3"])
+    assert err == (f"vreason: error: --prune-ratio is Lite's: use --mode lite (with --steps 0 to prune without the "
+                   f"controller), not --mode {mode}")
+
+
+def test_streamed_pieces_are_the_text(qwen_tokenizer_json):
+    """The streamer decodes only what is new (linear in the answer's length), yet its pieces add up to the whole
+    decode, byte for byte: multi-byte characters split over tokens are held back until complete, special tokens
+    vanish."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(qwen_tokenizer_json)
+    text = "Let me think: 3.14 ≈ π, 日本語のテキスト, emoji 🎉🐍 and <answer>B</answer>\n\nDone."
+    ids = tok.encode(text).ids + [151645] + tok.encode(" 🎉 after").ids
+    ids += torch.randint(0, 151000, (300,), generator=torch.Generator().manual_seed(0)).tolist()  # any bytes at all
+    streamer, calls = C.Streamer(tok), []
+    decode = tok.decode
+    streamer.tok = type("Counting", (), {"decode": lambda self, x, **kw: calls.append(len(x)) or decode(x, **kw)})()
+    pieces = [streamer.put(i) for i in ids]
+    assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True)
+    assert "" in pieces[: len(tok.encode(text).ids)]  # something was held back
+    assert max(calls) <= 8  # never the whole answer
 
 
 def test_answer_past_the_checkpoint_positions(model_dir, clip, tmp_path, capsys):
@@ -417,7 +473,7 @@ def test_answer_past_the_checkpoint_positions(model_dir, clip, tmp_path, capsys)
     err = _bad(capsys, tmp_path, ["--video", clip, "--q", "x", "--model", str(d), *SMALL])
     assert err == ("vreason: error: the prompt ends at position 26, past this checkpoint's 20 positions "
                    "(max_position_embeddings): fewer or smaller frames (--max-frames, --fps, --max-pixels)")
-    R.check_positions(26, 32742, 32768)  # the last new token fed at 32767: the last position there is
+    C.check_positions(26, 32742, 32768)  # the last new token fed at 32767: the last position there is
 
 
 @pytest.mark.parametrize("family", [Q25, Q3])
@@ -425,8 +481,8 @@ def test_progress_and_where_the_time_went(family, model_dirs, clip, capsys, monk
     """Steps past PROGRESS_AFTER seconds show progress on stderr (here every step: 0 s): a line per shard while loading,
     and lines while the video decodes (off a terminal, at most one every 5 s, and the last); the header and the stats
     line say where the time went, for both families."""
-    monkeypatch.setattr(R, "PROGRESS_AFTER", 0)
-    assert R.main(["--video", clip, "--q", "x", "--model", model_dirs[family], *SMALL]) == 0
+    monkeypatch.setattr(C, "PROGRESS_AFTER", 0)
+    assert C.main(["--video", clip, "--q", "x", "--model", model_dirs[family], *SMALL]) == 0
     out, err = capsys.readouterr()
     assert err.splitlines() == ["reading video (2 passes): 1 frames", "reading video (2 passes): 48/48 frames",
                                 "loading weights: 1/3 shards", "loading weights: 2/3 shards", "loading weights: 3/3 shards"]
@@ -441,14 +497,14 @@ def test_progress_on_a_terminal():
             return True
 
     tty = Tty()
-    with R.Progress("loading weights", "shards", stream=tty) as bar:
-        bar.t0 -= R.PROGRESS_AFTER  # as if the step had run that long
+    with C.Progress("loading weights", "shards", stream=tty) as bar:
+        bar.t0 -= C.PROGRESS_AFTER  # as if the step had run that long
         for i in range(1, 4):
             bar(i, 3)
             bar.last -= 1  # as if a second passed before the next shard
     assert tty.getvalue() == "".join(f"\rloading weights: {i}/3 shards\033[K" for i in range(1, 4)) + "\n"
     quick = Tty()
-    with R.Progress("reading video", "frames", stream=quick) as bar:
+    with C.Progress("reading video", "frames", stream=quick) as bar:
         bar(1, None)
     assert quick.getvalue() == ""  # a step within PROGRESS_AFTER shows nothing
 
@@ -541,7 +597,7 @@ def test_bad_output(case, model_dir, clip, tmp_path, capsys):
     t = tmp_path.resolve()
     flags, message = BAD_OUTPUTS[case](t, os.path.realpath(clip))
     before = sorted(os.listdir(t))
-    assert R.main(["--video", clip, "--q", "x", "--model", model_dir, *SMALL, *flags]) == 2
+    assert C.main(["--video", clip, "--q", "x", "--model", model_dir, *SMALL, *flags]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1, err
     assert err.startswith(f"vreason: error: {message[:-3]}") if message.endswith("...") else err == f"vreason: error: {message}\n"
@@ -552,7 +608,7 @@ def test_bad_output(case, model_dir, clip, tmp_path, capsys):
 def test_an_output_onto_the_checkpoint_is_refused(model_dir, clip, capsys):
     config = os.path.join(model_dir, "config.json")
     before = open(config).read()
-    assert R.main(["--video", clip, "--q", "x", "--model", model_dir, *SMALL, "--json", config]) == 2
+    assert C.main(["--video", clip, "--q", "x", "--model", model_dir, *SMALL, "--json", config]) == 2
     err = capsys.readouterr().err
     assert err == f"vreason: error: --json and --model's config.json name the same file ({os.path.realpath(config)})\n", err
     assert open(config).read() == before
@@ -569,9 +625,9 @@ def _char_device(tmp_path, name, minor):
 
 
 def _main_or_hang(argv, unblock, timeout=60):
-    """R.main(argv) in a thread; if it hangs (a FIFO opened blocking), unblock() it and fail rather than hang."""
+    """C.main(argv) in a thread; if it hangs (a FIFO opened blocking), unblock() it and fail rather than hang."""
     result = []
-    t = threading.Thread(target=lambda: result.append(R.main(argv)), daemon=True)
+    t = threading.Thread(target=lambda: result.append(C.main(argv)), daemon=True)
     t.start()
     t.join(timeout)
     if t.is_alive():
@@ -586,7 +642,7 @@ def test_write_failures_keep_the_result(model_dir, clip, tmp_path, capsys, monke
     on stderr and exit 2, the output is not left half-written, and what it held is printed on stdout instead."""
     run = ["--video", clip, "--q", "x", "--model", model_dir, *SMALL, "--quiet"]
 
-    def failed(*flags, main=R.main):
+    def failed(*flags, main=C.main):
         assert main([*run, *flags]) == 2
         out, err = capsys.readouterr()
         assert err.count("\n") == 1 and "Traceback" not in err, err
@@ -616,7 +672,7 @@ def test_write_failures_keep_the_result(model_dir, clip, tmp_path, capsys, monke
         if len(fsyncs) > allowed:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(R.os, "fsync", fsync)
+    monkeypatch.setattr(C.os, "fsync", fsync)
     allowed = 0
     out, err = failed("--json", str(rec))
     assert err == f"vreason: error: cannot write --json {rec}: No space left on device" and out == "" and fsyncs

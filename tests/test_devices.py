@@ -10,6 +10,7 @@ from test_vreason import prepared
 
 import eval as E
 import model as M
+import cli as C
 import vreason as R
 
 cuda = lambda *i: [torch.device("cuda", j) for j in i]
@@ -28,14 +29,14 @@ def test_rank_devices(local, per_node, visible, device_map, dev, devs):
 
 
 def test_rank_devices_refuses_no_gpu():
-    with pytest.raises(R.UsageError, match="no CUDA device"):
+    with pytest.raises(C.UsageError, match="no CUDA device"):
         E.rank_devices(0, 1, 0, None)
 
 
 @pytest.mark.parametrize("flags,words", [(["--dtype", "float16"], "float16 is not supported"),
                                          (["--device", "cpu", "--device-map", "auto"], "cannot run on --device cpu")])
 def test_runtime_flags_that_cannot_work(model_dir, clip, tmp_path, capsys, flags, words):  # noqa: F811
-    assert R.main(["--video", clip, "--q", "x", "--model", model_dir, *SMALL, *flags]) == 2
+    assert C.main(["--video", clip, "--q", "x", "--model", model_dir, *SMALL, *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err
 
@@ -74,7 +75,7 @@ def test_cli_compile(model_dir, clip, tmp_path):  # noqa: F811
     recs = []
     for extra in ([], ["--compile"]):
         out = tmp_path / f"r{len(recs)}.json"
-        assert R.main(["--video", clip, "--q", "x", "--model", model_dir, "--mode", "vreason", *SMALL, "--json", str(out),
+        assert C.main(["--video", clip, "--q", "x", "--model", model_dir, "--mode", "vreason", *SMALL, "--json", str(out),
                        "--quiet", *extra]) == 0
         recs.append(json.loads(out.read_text()))
     assert recs[0]["token_ids"] == recs[1]["token_ids"] and recs[1]["settings"]["compile"] is True

@@ -1,4 +1,4 @@
-"""eval.py: prompt bytes and scoring (spec §7), a synthetic benchmark end to end with known predictions, resume after a
+"""eval.py: prompt bytes and scoring (METHOD.md §8), a synthetic benchmark end to end with known predictions, resume after a
 crash and a torn line, bad input, and a 2-process torchrun (gloo) run that must equal the 1-process one."""
 import errno
 import json
@@ -14,7 +14,10 @@ from clips import write_clip
 from conftest import IM_END, ROOT
 from test_cli import model_dir  # noqa: F401  (fixture: tiny checkpoint + real tokenizer)
 
+import cli as C
 import eval as E
+import report
+import videor1 as VR1
 import video as V
 import vreason as R
 
@@ -31,32 +34,32 @@ def test_prompt_bytes():
     """The user text of Video-R1's eval_bench.py: QUESTION_TEMPLATE.format(Question=q) + TYPE_TEMPLATE[type]."""
     tags = " within the <answer> </answer> tags."
     mc = {"problem": "Which way does it go? ", "problem_type": MC, "options": ["A. left", "B. right"]}
-    assert E.question(mc) == ("Which way does it go? Options:\nA. left\nB. right\n\n" + INSTR +
+    assert VR1.question(mc) == ("Which way does it go? Options:\nA. left\nB. right\n\n" + INSTR +
                               " Please provide only the single option letter (e.g., A, B, C, D, etc.)" + tags)
     num = " Please provide the numerical value (e.g., 42 or 3.14)" + tags
-    assert E.question({"problem": "How many?", "problem_type": NUM}) == "How many?\n" + INSTR + num
-    assert E.question({"problem": "How far?", "problem_type": REG}) == "How far?\n" + INSTR + num
-    assert E.question({"problem": "Read it.", "problem_type": "OCR"}) == ("Read it.\n" + INSTR + " Please transcribe text from "
+    assert VR1.question({"problem": "How many?", "problem_type": NUM}) == "How many?\n" + INSTR + num
+    assert VR1.question({"problem": "How far?", "problem_type": REG}) == "How far?\n" + INSTR + num
+    assert VR1.question({"problem": "Read it.", "problem_type": "OCR"}) == ("Read it.\n" + INSTR + " Please transcribe text from "
                                                                          "the image/video clearly and provide your text answer" + tags)
-    assert E.question({"problem": "Why?", "problem_type": "free-form"}) == "Why?\n" + INSTR + " Please provide your text answer" + tags
-    assert INSTR.count(".") == 3 and "expressions It's" in E.INSTRUCTION  # the missing full stop is kept
+    assert VR1.question({"problem": "Why?", "problem_type": "free-form"}) == "Why?\n" + INSTR + " Please provide your text answer" + tags
+    assert INSTR.count(".") == 3 and "expressions It's" in VR1.INSTRUCTION  # the missing full stop is kept
 
 
 def test_answer_extraction_and_scoring():
-    a = E.answer_of
+    a = VR1.answer_of
     assert a("<think>hmm</think><answer> B </answer>") == "B"
     assert a("<answer>\nC.\n</answer> then <answer>D</answer>") == "C."  # the first tag pair, stripped
     assert a("  The answer is B \n") == "The answer is B"  # no tags: the whole output
     assert a("<answer> </answer> B") == "<answer> </answer> B"  # empty tags count as none (Video-R1)
     assert a("<answer>B") == "<answer>B"  # unclosed
-    s = E.score
+    s = VR1.score
     assert [s(MC, p, "B") for p in ("B", " B\n", "B.", "(B)", "b", "B. right", "The answer is B")] == [1, 1, 0, 0, 0, 0, 0]
     assert s(MC, a("no tags, just B"), "B") == 0 and s(MC, a("B"), "B") == 1
     assert s(NUM, "3.14", "3.140") == s(NUM, "3.140", "3.14") == s(NUM, "1,000.5", "1000.50") == s(NUM, "-2", "-2") == 1
     assert s(NUM, "3", "3.0") == s(NUM, "1,000", "1000") == 0  # Video-R1: a decimal point in one only is wrong
     assert s(NUM, "3.15", "3.14") == s(NUM, "three", "3") == s(NUM, "", "3") == 0
     assert s(NUM, "0.004", "0.0") == 1 and s(NUM, "0.006", "0.0") == 0  # round to 2 decimals
-    mra = E.mra
+    mra = VR1.mra
     assert mra(10, 10) == 1.0 and mra(15, 10) == 0.0  # rel. error 0.5 is not < 1 - 0.50
     assert mra(14, 10) == pytest.approx(0.2)  # 0.4 < 1 - theta for theta = 0.50, 0.55 only
     assert mra(-9.2, -10) == pytest.approx(0.9) and mra(9.2, -10) == 0.0  # negative ground truth: |gt|
@@ -150,11 +153,11 @@ def test_end_to_end_known_predictions(bench, model_dir, fake, tmp_path, capsys):
     assert fake["prepare"] == 6 and len(fake["generate"]) == 18
     for q, mode, prompt, ids, s in fake["generate"]:
         item = next(x for xs in ENTRIES.values() for x in xs if x["problem"].startswith(f"[{q}]"))
-        assert f"<|vision_end|>{E.question(item)}<|im_end|>" in prompt
-        assert ids == V.build_prompt(fake["tok"], E.question(item), ids.count(151656))
+        assert f"<|vision_end|>{VR1.question(item)}<|im_end|>" in prompt
+        assert ids == V.build_prompt(fake["tok"], VR1.question(item), ids.count(151656))
         assert (s.update_every, s.beta, s.prune_ratio, s.max_new_tokens) == (3, 0.8, 0.5 if mode == "lite" else 0.0, 1024)
     recs = records(out)
-    order = [(f[5:].split(".")[0], str(x["problem_id"]), m) for f in ENTRIES for x in ENTRIES[f] for m in E.MODES]
+    order = [(f[5:].split(".")[0], str(x["problem_id"]), m) for f in ENTRIES for x in ENTRIES[f] for m in R.MODES]
     assert [(r["dataset"], r["id"], r["mode"]) for r in recs] == order  # merged in dataset order, modes in --modes order
     by = {(r["id"], r["mode"]): r for r in recs}
     assert by["2", "lite"]["prediction"] == "B" and by["2", "lite"]["correct"]  # no tags: the whole output
@@ -172,7 +175,7 @@ def test_end_to_end_known_predictions(bench, model_dir, fake, tmp_path, capsys):
     ema = " ".join(f"{0.1 * i:.3f}".rstrip("0").rstrip(".") for i in range(n))  # 3 decimals, no trailing zeros
     assert r["trace"] == {"entropy": " ".join(f"{0.25 * i:g}" for i in range(n)), "ema": ema, "alpha": "++" + "-" * (n - 2),
                           "updated_at": " ".join(map(str, range(0, n, 2)))}
-    t = E.read_trace(r)
+    t = report.read_trace(r)
     assert t["entropy"].tolist() == [0.25 * i for i in range(n)] and t["explore"].tolist() == [True, True] + [False] * (n - 2)
     assert t["updated_at"].tolist() == list(range(0, n, 2)) and len(t["ema"]) == n
     assert by["1", "baseline"]["trace"]["updated_at"] == "" and "trace" not in by["4", "lite"]  # errors have none
@@ -204,8 +207,8 @@ def test_end_to_end_known_predictions(bench, model_dir, fake, tmp_path, capsys):
         assert E.main(args(bench, out, "--model", model_dir, "--update-every", "3", "--beta", "0.8", "--retry-errors")) == 0
     finally:
         os.remove(bench / "gone.mp4")
-    assert sorted(m for q, m, *_ in fake["generate"]) == sorted(E.MODES) and {q for q, *_ in fake["generate"]} == {"q4"}
-    assert {r["mode"]: r["error"] for r in records(out) if r["id"] == "4"} == {m: None for m in E.MODES}
+    assert sorted(m for q, m, *_ in fake["generate"]) == sorted(R.MODES) and {q for q, *_ in fake["generate"]} == {"q4"}
+    assert {r["mode"]: r["error"] for r in records(out) if r["id"] == "4"} == {m: None for m in R.MODES}
 
 
 def test_resume_after_crash_and_torn_line(bench, model_dir, fake, tmp_path):
@@ -232,6 +235,28 @@ def test_resume_after_crash_and_torn_line(bench, model_dir, fake, tmp_path):
     key = lambda r: (r["dataset"], r["id"], r["mode"], r["prediction"], r["score"], r.get("output_tokens"), r["error"])
     assert [key(r) for r in records(out)] == [key(r) for r in records(ref)]
     assert len(records(out)) == 21
+
+
+def test_resume_skips_lines_that_are_not_records(bench, model_dir, fake, tmp_path, capsys):
+    """A records line another tool or a hand wrote (here: only dataset, id and mode; a number where a string goes)
+    is skipped and counted, in a resume and in --report: never a traceback, the file left as it was, and its (entry,
+    mode) run again."""
+    out = tmp_path / "out"
+    assert E.main(args(bench, out, "--model", model_dir, "--limit", "1")) == 0
+    rank0 = out / "records.rank0.jsonl"
+    good = rank0.read_text()
+    bad = ['{"dataset": "mc", "id": "1", "mode": "lite"}', '{"dataset": "mc", "id": 1, "mode": "lite", "error": null}']
+    rank0.write_text("".join(line for line in good.splitlines(True) if '"lite"' not in line) + "\n".join(bad) + "\n")
+    capsys.readouterr()
+    assert E.main(["--report", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"eval: 2 line(s) of the records are not records of this eval.py and were skipped (first: {rank0} line 5: " \
+           f"'problem_type' is missing or not a str)" in err and "Traceback" not in err
+    fake["generate"].clear()
+    assert E.main(args(bench, out, "--model", model_dir, "--limit", "1")) == 0
+    assert [(q, m) for q, m, *_ in fake["generate"]] == [("q1", "lite"), ("q5", "lite")]
+    assert rank0.read_text().splitlines()[4:6] == bad  # kept as they were
+    assert {(r["dataset"], r["mode"]) for r in records(out)} == {(d, m) for d in ("mc", "vsi") for m in R.MODES}
 
 
 def test_resume_refuses_other_settings(bench, model_dir, fake, tmp_path, capsys):
@@ -314,7 +339,7 @@ def test_two_process_gloo_run_equals_one_process(bench, model_dir, tmp_path):
     assert len(records(one)) == 18 and last[1]["video_tokens_kept"] < last[0]["video_tokens_kept"]  # Lite pruned
     s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, both))
     assert s1["columns"] == s2["columns"]
-    for m in E.MODES:
+    for m in R.MODES:
         assert s1["modes"][m]["metrics"] == s2["modes"][m]["metrics"]
         assert s1["modes"][m]["output_tokens"] == s2["modes"][m]["output_tokens"]
 
@@ -375,7 +400,7 @@ def test_video_paths_stay_inside_the_video_root(path, tmp_path, capsys):
 def test_failed_writes_keep_the_records(bench, model_dir, fake, tmp_path, capsys, monkeypatch):
     """A full disk mid-run (a record append) or at the end (the summary): one line, exit 2, every record written so
     far kept, and the same command then finishes the job without redoing any."""
-    out, append, write_atomic = tmp_path / "out", E.append, R.write_atomic
+    out, append, write_atomic = tmp_path / "out", E.append, C.write_atomic
     enospc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def full_after(n):
@@ -393,7 +418,7 @@ def test_failed_writes_keep_the_records(bench, model_dir, fake, tmp_path, capsys
                    f"it are kept: rerun the same command to resume")
     assert len(records_so_far()) == 4
     monkeypatch.setattr(E, "append", append)
-    monkeypatch.setattr(R, "write_atomic", lambda path, data: (_ for _ in ()).throw(enospc) if path.endswith("summary.json")
+    monkeypatch.setattr(C, "write_atomic", lambda path, data: (_ for _ in ()).throw(enospc) if path.endswith("summary.json")
                         else write_atomic(path, data))
     fake["generate"].clear()
     assert E.main(args(bench, out, "--model", model_dir)) == 2
@@ -401,7 +426,7 @@ def test_failed_writes_keep_the_records(bench, model_dir, fake, tmp_path, capsys
     assert cap.err.strip().splitlines()[-1] == (f"eval: error: cannot write {out}/summary.json (No space left on device); "
                                                 f"the records are kept in records.rank*.jsonl: rerun the same command to write it")
     assert len(fake["generate"]) == 18 - 4 and "| mode |" in cap.out and len(records_so_far()) == 21
-    monkeypatch.setattr(R, "write_atomic", write_atomic)
+    monkeypatch.setattr(C, "write_atomic", write_atomic)
     fake["generate"].clear()
     assert E.main(args(bench, out, "--model", model_dir)) == 0
     assert fake["generate"] == [] and json.loads((out / "summary.json").read_text())["columns"]
@@ -421,7 +446,7 @@ def test_memory_is_checked_before_loading(bench, model_dir, fake, tmp_path, caps
     assert err[-1].startswith("eval: error: not enough memory on cpu: float32 weights 0.1 GB + KV cache 0.0 GB + margin 0.6 GB")
     monkeypatch.setattr(M, "free_memory", lambda dev: 1e12)
     assert E.main(args(bench, tmp_path / "out", "--model", model_dir, "--modes", "baseline")) == 0
-    question = max(len(fake["tok"].encode(E.question(x)).ids) for xs in ENTRIES.values() for x in xs)
+    question = max(len(fake["tok"].encode(VR1.question(x)).ids) for xs in ENTRIES.values() for x in xs)
     assert bounds == [8 * 12544 // 28**2 + question + 64] * 2  # 16 frames (eval's default) of 12544 pixels, in pairs
     assert max(len(ids) for *_, ids, _ in fake["generate"]) <= bounds[0]
 
@@ -577,7 +602,7 @@ def test_retry_errors_keeps_the_latest_attempt(bench, model_dir, fake, tmp_path,
     first = next(x for x in rank0 if '"id": "4"' in x and '"attempt": 1' in x)
     (out / "records.rank0.jsonl").write_text("".join(x + "\n" for x in rank0 if x != first))
     (out / "records.rank1.jsonl").write_text(first + "\n")
-    assert E.read_records(str(out))["mc", "4", "baseline"]["error"].startswith("cannot read video")
+    assert report.read_records(str(out))["mc", "4", "baseline"]["error"].startswith("cannot read video")
 
 
 def test_non_finite_logits_are_that_samples_error(bench, model_dir, fake, tmp_path, capsys, monkeypatch):

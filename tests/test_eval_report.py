@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import eval as E
+import report
 import vreason as R
 
 MC, REG = "multiple choice", "regression"
@@ -65,14 +66,14 @@ def write_ranks(d, recs):  # entry by entry, alternately to rank 0 and rank 1 (a
 # ----------------------------------------------------------------------------- statistics with known answers
 
 def test_mcnemar_exact():
-    assert E.mcnemar(0, 0) == E.mcnemar(5, 5) == E.mcnemar(40, 41) == 1.0
-    assert E.mcnemar(2, 8) == E.mcnemar(8, 2) == 2 * (1 + 10 + 45) / 2**10  # 2 P(X <= 2), X ~ Bin(10, 1/2)
-    assert E.mcnemar(0, 10) == 2 / 2**10 and E.mcnemar(1, 0) == 1.0
+    assert report.mcnemar(0, 0) == report.mcnemar(5, 5) == report.mcnemar(40, 41) == 1.0
+    assert report.mcnemar(2, 8) == report.mcnemar(8, 2) == 2 * (1 + 10 + 45) / 2**10  # 2 P(X <= 2), X ~ Bin(10, 1/2)
+    assert report.mcnemar(0, 10) == 2 / 2**10 and report.mcnemar(1, 0) == 1.0
     # against the sum written as floats, where it is representable
     for b, c in ((3, 17), (12, 30), (100, 140)):
         n = b + c
-        assert E.mcnemar(b, c) == pytest.approx(2 * sum(math.comb(n, i) * 0.5**n for i in range(min(b, c) + 1)), rel=1e-12)
-    assert 0 <= E.mcnemar(0, 3000) < 1e-300  # exact integers: no overflow for thousands of flips
+        assert report.mcnemar(b, c) == pytest.approx(2 * sum(math.comb(n, i) * 0.5**n for i in range(min(b, c) + 1)), rel=1e-12)
+    assert 0 <= report.mcnemar(0, 3000) < 1e-300  # exact integers: no overflow for thousands of flips
 
 
 def recs_from(rows, ds="d"):
@@ -89,7 +90,7 @@ def stats(recs):
     items = {}
     for (n, i, _), r in recs.items():
         items.setdefault(n, {})[i] = {"id": i, "problem_type": r["problem_type"]}
-    return E.paired([(n, list(x.values())) for n, x in items.items()], ["baseline", "vreason"], recs, B=2000)
+    return report.paired([(n, list(x.values())) for n, x in items.items()], ["baseline", "vreason"], recs, B=2000)
 
 
 def test_paired_identical_modes():
@@ -169,7 +170,7 @@ def test_report_on_a_synthetic_run(tmp_path, capsys):
             acc = [(recs[n, i, "baseline"], recs[n, i, m]) for n, i in keys if n == ds and recs[n, i, "baseline"]["problem_type"] == MC]
             c = s["paired"]["modes"][m]["columns"][ds]
             flips = [sum(b["correct"] and not x["correct"] for b, x in acc), sum(not b["correct"] and x["correct"] for b, x in acc)]
-            assert c["pairs"] == len(acc) and c["flips"] == flips and c["p"] == E.mcnemar(*flips)
+            assert c["pairs"] == len(acc) and c["flips"] == flips and c["p"] == report.mcnemar(*flips)
             assert c["delta"] == pytest.approx(100 * np.mean([x["score"] - b["score"] for b, x in acc]))
             assert c["ci"][0] <= c["delta"] <= c["ci"][1]
         t = s["paired"]["modes"][m]["tokens"]["all"]
@@ -191,7 +192,7 @@ def test_report_stats_without_matplotlib(tmp_path, capsys, monkeypatch):
     assert "## Against the baseline, paired" in (d / "summary.md").read_text() and "![" not in (d / "summary.md").read_text()
     as_run = [(n, [{"id": str(i), "problem_type": r["problem_type"]} for i in reversed(range(12))
                    for r in [recs.get((n, str(i), "baseline"), {"problem_type": MC})]]) for n in ("vsi", "mc")]
-    assert json.loads(json.dumps(E.paired(as_run, E.MODES, recs))) == json.loads((d / "summary.json").read_text())["paired"]
+    assert json.loads(json.dumps(report.paired(as_run, R.MODES, recs))) == json.loads((d / "summary.json").read_text())["paired"]
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "file", "only junk", "extra flag"])

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-import eval as E
+import videor1 as VR1
 
 MC, NUM, REG, OCR, FREE = "multiple choice", "numerical", "regression", "OCR", "free-form"
 
@@ -54,7 +54,7 @@ def vr1_reward(ptype, output, solution):
 
 
 def ours(ptype, output, solution):  # what eval.py's run_sample computes for one record
-    return E.score(ptype, E.answer_of(output), E.answer_of(solution))
+    return VR1.score(ptype, VR1.answer_of(output), VR1.answer_of(solution))
 
 
 # ----------------------------------------------------------------------------- generated cases
@@ -129,8 +129,8 @@ def test_scores_equal_video_r1_bit_for_bit(ptype):
     assert 0.1 < sum(x > 0 for x in scores) / len(scores) < 0.9  # the cases are not all right or all wrong
     if ptype == REG:  # they do hit the ties where float64-first subtraction scores otherwise (ours before issue 11)
         f64 = lambda p, g: float(np.mean([abs(p - g) / (abs(g) + 1e-8) < 1 - (0.5 + 0.05 * i) for i in range(10)]))
-        nums = [(vr1_number(E.answer_of(o)), vr1_number(E.answer_of(s))) for o, s in cases]
-        differ = [(p, g) for p, g in nums if p is not None and abs(p) < 1e38 and abs(E.mra(p, g) - f64(p, g)) > 0.05]
+        nums = [(vr1_number(VR1.answer_of(o)), vr1_number(VR1.answer_of(s))) for o, s in cases]
+        differ = [(p, g) for p, g in nums if p is not None and abs(p) < 1e38 and abs(VR1.mra(p, g) - f64(p, g)) > 0.05]
         assert len(differ) >= 10, differ
         assert len(set(scores)) >= 9  # nearly every MRA value 0, 0.1, ..., 1 occurs
 
@@ -138,17 +138,17 @@ def test_scores_equal_video_r1_bit_for_bit(ptype):
 def test_mra_crafted_ties():
     """The issue's cases: float32 before subtracting moves each exact tie by one threshold."""
     f32 = lambda x: float(np.float32(x))
-    assert (E.mra(3.6, 3), E.mra(1.1, 1), E.mra(0.15, 0.1), E.mra(1e39, 1e39)) == (f32(0.7), f32(0.8), 0.0, 0.0)
-    assert E.score(REG, "3.6", "3") == f32(0.7) == pytest.approx(0.7)
-    assert E.mra(0, 0) == 1.0 and E.mra(-3, 0) == 0.0 and E.mra(-9.2, -10) == f32(0.9)
-    assert E.mra(3.4028235e38, 3.4028235e38) == 1.0  # float32's largest still finite
+    assert (VR1.mra(3.6, 3), VR1.mra(1.1, 1), VR1.mra(0.15, 0.1), VR1.mra(1e39, 1e39)) == (f32(0.7), f32(0.8), 0.0, 0.0)
+    assert VR1.score(REG, "3.6", "3") == f32(0.7) == pytest.approx(0.7)
+    assert VR1.mra(0, 0) == 1.0 and VR1.mra(-3, 0) == 0.0 and VR1.mra(-9.2, -10) == f32(0.9)
+    assert VR1.mra(3.4028235e38, 3.4028235e38) == 1.0  # float32's largest still finite
 
 
 def test_answer_extraction_equals_video_r1():
     rng = random.Random(1)
     texts = [wrap(rng, rng.choice(["B", " 3.5 ", "", "\n", "a\nb", "<answer>", "</answer>"])) for _ in range(400)]
     for t in dict.fromkeys(texts):
-        assert E.answer_of(t) == (vr1_extract(t) or t.strip()), t  # Video-R1 keeps the whole text unstripped
+        assert VR1.answer_of(t) == (vr1_extract(t) or t.strip()), t  # Video-R1 keeps the whole text unstripped
 
 
 # ----------------------------------------------------------------------------- ours: OCR and free-form
@@ -182,15 +182,15 @@ def test_free_form_and_ocr_generated():
     cases = list(dict.fromkeys(text_cases(random.Random(2))))
     assert len(cases) >= 200
     for out, sol in cases:
-        p, g = E.answer_of(out), E.answer_of(sol)
+        p, g = VR1.answer_of(out), VR1.answer_of(sol)
         assert ours(FREE, out, sol) == pytest.approx(rouge_ref(p, g), abs=1e-12), (p, g)
         assert ours(OCR, out, sol) == float(" ".join(p.lower().split()) == " ".join(g.lower().split()))
         if ours(FREE, out, sol) == 1.0:  # only texts equal up to case, spacing and punctuation
-            assert E.words(p) == E.words(g)
+            assert VR1.words(p) == VR1.words(g)
 
 
 def test_rouge_without_latin_words():
-    s = lambda p, g: E.score(FREE, p, g)
+    s = lambda p, g: VR1.score(FREE, p, g)
     assert s("...", "!!!") == 0 and s("...", "...") == 1 and s("", "x") == 0
     assert s("猫がマットに座った", "犬が庭で寝ている") == pytest.approx(2 * 1 / (9 + 8))  # characters; only が shared
     assert s("猫がマットに座った", "猫がマットに座った") == 1 and 0 < s("猫が座った", "猫がマットに座った") < 1

@@ -50,7 +50,7 @@ def test_vision_features_match(pair, grids):
 
 
 def test_window_index_worked_example():
-    # spec §2.4: grid (1, 12, 20) -> llm 6 x 10, windows of 4 x 4 merged tokens
+    # get_window_index: grid (1, 12, 20) -> llm 6 x 10, windows of 4 x 4 merged tokens
     win, cu = Q25.window_index([(1, 12, 20)], 4)
     assert cu == [0, 64, 128, 160, 192, 224, 240]
     assert win[:12].tolist() == [0, 1, 2, 3, 10, 11, 12, 13, 20, 21, 22, 23]

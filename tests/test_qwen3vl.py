@@ -12,6 +12,7 @@ from qwen3_cases import GENERATE, GRIDS, LOGITS, STOP, pixels, prompt
 import model as M
 import qwen3vl as Q3
 import video as V
+import cli as C
 import vreason as R
 
 TOL = 1e-4  # relative max diff (issue 9)
@@ -159,7 +160,7 @@ def test_cli_runs_qwen3vl_in_every_mode(q3_dirs, q3_clip, tmp_path, capsys, kind
     out = tmp_path / "r.json"
     argv = ["--video", q3_clip, "--q", "What happens?", "--model", q3_dirs[kind], "--mode", "lite", "--compare",
             "--max-new-tokens", "6", "--json", str(out)]
-    assert R.main(argv) == 0, capsys.readouterr().err
+    assert C.main(argv) == 0, capsys.readouterr().err
     rec = json.loads(out.read_text())
     assert rec["family"] == "qwen3_vl" and rec["thinking"] == (kind == "thinking")
     v = rec["video"]
@@ -174,7 +175,7 @@ def test_cli_runs_qwen3vl_in_every_mode(q3_dirs, q3_clip, tmp_path, capsys, kind
     assert len(rec["token_ids"]) == len(rec["entropies"]) == 6 and len(rec["baseline"]["token_ids"]) == 6
     assert rec["vreason"]["updates"] == 3  # k = 2 over 6 tokens
     for mode in ("baseline", "vreason"):
-        assert R.main([*argv[:6], "--mode", mode, "--max-new-tokens", "4", "--json", str(out)]) == 0
+        assert C.main([*argv[:6], "--mode", mode, "--max-new-tokens", "4", "--json", str(out)]) == 0
         assert json.loads(out.read_text())["mode"] == mode
 
 

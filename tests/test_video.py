@@ -37,7 +37,7 @@ from video import VideoError  # noqa: E402
 
 def hf_image_processor():
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
-    # The Instruct checkpoints' preprocessor_config.json values (spec §4.5).
+    # The Instruct checkpoints' preprocessor_config.json values.
     return Qwen2VLImageProcessor(min_pixels=3136, max_pixels=12845056)
 
 
@@ -93,7 +93,7 @@ def ref_fetch_video(path, ele):
     max_pixels = max(min(768 * 28 * 28, total_pixels / nframes * 2), int(min_pixels * 1.05))
     max_pixels = min(ele.get("max_pixels", max_pixels), max_pixels)
     h, w = ref_smart_resize(height, width, 28, min_pixels, max_pixels)
-    # torchvision uint8 BICUBIC antialias resize == this float path (spec §4.4); same size is a no-op there.
+    # torchvision uint8 BICUBIC antialias resize == this float path; same size is a no-op there.
     if (h, w) != (height, width):
         frames = F.interpolate(frames.float(), (h, w), mode="bicubic", antialias=True, align_corners=False)
         frames = frames.round().clamp(0, 255)
@@ -104,7 +104,7 @@ def ref_fetch_video(path, ele):
 
 
 @pytest.mark.parametrize("hw, expect", [
-    # spec §4.3 table, given there as WxH; smart_resize takes and returns (height, width)
+    # qwen-vl-utils' smart_resize on known sizes, as WxH; smart_resize takes and returns (height, width)
     ((448, 448), (448, 448)),
     ((360, 640), (364, 644)),
     ((720, 1280), (560, 1008)),
@@ -203,7 +203,7 @@ def test_normalize_all_256_levels_exact():
 
 
 def test_frames_to_patches_layout():
-    # Spec §4.6 row order, by hand: row r is block-major, (c, tp, ph, pw) inside a row; odd n pads with the last frame.
+    # The processor's row order, by hand: row r is block-major, (c, tp, ph, pw) inside a row; odd n pads with the last frame.
     frames = torch.randint(0, 256, (3, 3, 56, 84)).float()
     pv, (t, gh, gw) = video.frames_to_patches(frames)
     x = (frames / 255 - torch.tensor(video.CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(video.CLIP_STD).view(1, 3, 1, 1)
