@@ -29,8 +29,6 @@ import time
 import torch
 
 import model as M
-import qwen25vl as Q25
-import qwen3vl as Q3
 import video as V
 import vreason as R
 
@@ -155,16 +153,12 @@ def make_input(c, grid, dev, seed=0):
     return Q25_HEAD + block(t * h * w // 4) + QUESTION + ASSISTANT, px
 
 
-def positions(c, ids, grid):  # the family's M-RoPE positions; the video is sampled at 1 s per frame group
-    return Q3.rope_index(ids, [grid], c) if c.model_type == QWEN3 else Q25.rope_index(ids, [grid], [1.0], c)
-
-
 def prepared(model, grid, dev):
     ids, px = make_input(model.c, grid, dev)
-    video = V.Video(px, grid, 1.0, {})
+    video = V.Video(px, grid, 1.0, {}, family=model.family)
     with torch.no_grad():
         visual = model.encode_video(video)
-    return R.Prepared(ids=torch.tensor(ids, device=dev), pos=positions(model.c, ids, grid).to(dev), visual=visual,
+    return R.Prepared(ids=torch.tensor(ids, device=dev), pos=model.positions(ids, video).to(dev), visual=visual,
                       video=video, vision_s=0.0)
 
 

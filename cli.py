@@ -162,10 +162,10 @@ def check_args(a):
     check_runtime(a)
 
 
-def check_pixels(a, family):
-    """The pixel flags against the checkpoint's own patch block (its side: patch x spatial merge), once the family is
-    known (check_args cannot: the checkpoint is not read yet): below one block, no frame can be resized."""
-    fam = V.get_family(family)
+def check_pixels(a, fam):
+    """The pixel flags against the checkpoint's own patch block (its side: patch x spatial merge; fam: the model's
+    video.Family), once the family is known (check_args cannot: the checkpoint is not read yet): below one block, no
+    frame can be resized."""
     block = fam.factor**2
     for k, v in (("min", a.min_pixels), ("max", a.max_pixels), ("total", a.total_pixels)):
         if v is not None and v < block:
@@ -411,7 +411,7 @@ def video_maps(info, video):
     import numpy as np
 
     t, gh, gw = video.grid_thw
-    m = V.get_family(video.family).merge
+    m = video.family.merge
     shape, maps = (t, gh // m, gw // m), []
     if "kept_last_layer" in info:
         kept = np.array([c == "1" for c in info["kept_last_layer"]]).reshape(shape)
@@ -548,14 +548,14 @@ def run(a):
     # The model's skeleton: config.json read and checked, shapes and prompt, no storage (what the request is checked
     # against below, before a weight is downloaded or read)
     skeleton = M.skeleton(model_dir)
-    family = skeleton.c.model_type  # the video's preprocessing and the prompt are the family's
+    family = skeleton.family  # the video's preprocessing and the prompt are the family's
     check_pixels(a, family)
     t0 = time.perf_counter()
     with Progress("reading video (2 passes)", "frames", quiet=a.quiet) as bar:
         video = V.load_video(a.video, family, fps=a.fps, nframes=a.nframes, max_frames=a.max_frames, min_pixels=a.min_pixels,
                              max_pixels=a.max_pixels, total_pixels=a.total_pixels, progress=bar)
     t_video = time.perf_counter() - t0
-    tok = V.load_tokenizer(model_dir)
+    tok = V.load_tokenizer(model_dir, family)
     # The exact prompt, from the skeleton: does the request fit the checkpoint's positions and the machine's memory?
     ids, pos = skeleton.prompt(tok, a.q, video, a.system)
     check_positions(int(pos.max()), a.max_new_tokens, skeleton.c.max_positions)
@@ -567,7 +567,7 @@ def run(a):
     if a.compile:
         model.compile_decode()
     t_load = time.perf_counter() - t0
-    stop_ids = {tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")} - {None}
+    stop_ids = model.stop_ids(tok)
     s = R.Settings.from_args(a)
     prep = R.prepare(model, tok, video, a.q, a.system, prompt=(ids, pos))  # the checks' prompt: built once
     vm = video.meta
@@ -589,7 +589,7 @@ def run(a):
     main_run = runs[-1]
     record = {**run_record(main_run, s.redecode), "mode": main_run.mode, "prompt_tokens": len(prep.ids),
               "video_tokens": video.n_tokens, "video": vm, "question": a.q, "model": a.model, "model_dir": model_dir,
-              "family": family, "thinking": model.thinking, "dtype": str(dtype).replace("torch.", ""), "device": str(dev),
+              "family": skeleton.c.model_type, "thinking": model.thinking, "dtype": str(dtype).replace("torch.", ""), "device": str(dev),
               "settings": {**{k: v for k, v in vars(a).items() if k not in ("json", "quiet")}, **asdict(s)},
               "timings": {"video_s": t_video, "load_s": t_load, "vision_s": prep.vision_s, **main_run.timings}}
     if a.compare:

@@ -117,7 +117,7 @@ def inputs(family, grid, seed=0):
         head = [IM_START, 872, 198]
     ids = head + video + words(9) + [IM_END, 198, IM_START, 77091, 198]
     px = torch.randn(t * h * w, 3 * 2 * patch * patch, generator=g)
-    return ids, px, V.Video(px, grid, 1.0, {}, tuple(float(i) for i in range(t)), family)
+    return ids, px, V.Video(px, grid, 1.0, {}, tuple(float(i) for i in range(t)), M.family(family).FAMILY)
 
 
 def hf_kwargs(hf, ids, px, grid, dev):
@@ -170,7 +170,7 @@ def parity(family, dtype, dev, shape, tmp):
         # prefill + 3 decode steps (a fixed continuation) vs full forwards over the growing sequence
         # the decoder from here on gets transformers' vision features: in fp32 on CUDA a random vision tower amplifies
         # rounding (Qwen2.5-VL: vision 4e-5 apart gave logits 1.5e-3 apart, both 7-8e-4 from a float64 CPU run)
-        prep = R.Prepared(torch.tensor(ids, device=dev), positions(ours, ids, video).to(dev), M.Visual(emb, list(deep)), video, 0.0)
+        prep = R.Prepared(torch.tensor(ids, device=dev), ours.positions(ids, video).to(dev), M.Visual(emb, list(deep)), video, 0.0)
         mine = steps(ours, prep, 4)
         diffs = []
         for s in range(4):
@@ -213,12 +213,6 @@ def steps(model, prep, n):
                                      torch.full((3, 1), nxt + s, device=prep.ids.device), cache)
             out.append(logits.float())
     return out
-
-
-def positions(model, ids, video):  # the family's M-RoPE positions for these ids (prompt() builds ids and positions)
-    fam = importlib.import_module(M.FAMILIES[model.c.model_type])
-    return fam.rope_index(ids, [video.grid_thw], [video.second_per_grid], model.c) if model.c.model_type == "qwen2_5_vl" \
-        else fam.rope_index(ids, [video.grid_thw], model.c)
 
 
 # ----------------------------------------------------------------------------- 2. the CLI
@@ -312,7 +306,7 @@ def speed(dev, dtype, shape, n, tmp, res, keep):
     grid = (4, 16, 16)  # 256 video tokens
     ids, px, video = inputs("qwen2_5_vl", grid)
     with torch.no_grad():
-        prep = R.Prepared(torch.tensor(ids, device=dev), positions(ours, ids, video).to(dev), ours.encode_video(video), video, 0.0)
+        prep = R.Prepared(torch.tensor(ids, device=dev), ours.positions(ids, video).to(dev), ours.encode_video(video), video, 0.0)
     # transformers first, then freed: the peak memory below is ours alone
     st = Stamps()
     with torch.no_grad():
@@ -354,7 +348,7 @@ def speed_long(dev, n, res, keep):
     grid = (4, 32, 32) if dev.type == "cpu" else (16, 32, 32)
     ids, px, video = inputs("qwen2_5_vl", grid)
     with torch.no_grad():
-        prep = R.Prepared(torch.tensor(ids, device=dev), positions(ours, ids, video).to(dev), ours.encode_video(video), video, 0.0)
+        prep = R.Prepared(torch.tensor(ids, device=dev), ours.positions(ids, video).to(dev), ours.encode_video(video), video, 0.0)
     ours_run(ours, prep, 8, dev, mode="vreason")  # the recompile, both variants of the step
     res["long_compile_s"] = time.perf_counter() - t0
     res["long_rows"] = len(ids) + n // 2  # valid cache rows, on average over the run

@@ -156,7 +156,7 @@ def run_sample(model, tok, a, item, modes, conf, dev, stop_ids):
         if item.get("data_type", "video") != "video":
             raise V.VideoError(f"data_type {item['data_type']!r} is not supported (videos only)")
         t0 = time.perf_counter()
-        video = V.load_video(os.path.join(a.video_root, item.get("path", item.get("video"))), model.c.model_type, fps=a.fps,
+        video = V.load_video(os.path.join(a.video_root, item.get("path", item.get("video"))), model.family, fps=a.fps,
                              nframes=a.nframes, max_frames=a.max_frames, min_pixels=a.min_pixels, max_pixels=a.max_pixels,
                              total_pixels=a.total_pixels)
         video_s = time.perf_counter() - t0
@@ -267,11 +267,9 @@ def open_out(out, lock):
 
 def longest_prompt(a, tok, items, fam):
     """A bound on the prompt tokens of any sample, before a video is read: the most video tokens the frame and pixel
-    flags allow (fewer frames may get more pixels each: every count is tried), 8 a frame group for Qwen3-VL's
-    "<t seconds>", the longest question, the system prompt, and 64 for the chat template around them."""
-    video = max(n // fam.temporal_patch * (int(V.video_pixel_limits(n, a.min_pixels, a.max_pixels, a.total_pixels, fam)[1])
-                                           // fam.factor**2 + 8 * fam.timestamps)
-                for n in range(fam.temporal_patch, (a.nframes or a.max_frames) + 1, fam.temporal_patch))
+    flags allow (video.max_video_prompt), the longest question, the system prompt, and 64 for the chat template
+    around them."""
+    video = V.max_video_prompt(fam, a.nframes or a.max_frames, a.min_pixels, a.max_pixels, a.total_pixels)
     text = max(len(tok.encode(question(it)).ids) for it in items) + len(tok.encode(a.system or "").ids)
     return video + text + 64
 
@@ -279,7 +277,7 @@ def longest_prompt(a, tok, items, fam):
 def check_request(a, skeleton, tok, items):
     """What the CLI refuses before loading, here on eval's defaults and the longest prompt of any entry: one line
     now, rather than the same error recorded for every sample and a run of 0%. Returns that bound (prompt tokens)."""
-    fam = V.get_family(skeleton.c.model_type)
+    fam = skeleton.family
     default = a.max_pixels is None
     if default:  # Video-R1's 128 tokens a frame: 128*28*28 for Qwen2.5-VL, 128*32*32 for Qwen3-VL
         a.max_pixels = 128 * fam.factor ** 2
@@ -288,7 +286,7 @@ def check_request(a, skeleton, tok, items):
     except C.UsageError as e:
         raise C.UsageError(f"{e} (eval's default for {fam.name}: 128 tokens a frame)" if default else str(e)) from None
     V.check_pixel_limits(fam, a.min_pixels, a.max_pixels)
-    V.build_prompt(tok, "", 1, a.system, V.QWEN25_VL)  # refuses a <|video_pad|> in --system, as every family's prompt
+    V.expand_video(tok, a.system or "", [], fam)  # refuses a <|video_pad|> in --system, as every prompt does
     bound = longest_prompt(a, tok, items, fam)
     try:
         C.check_positions(bound - 1, a.max_new_tokens, skeleton.c.max_positions)
@@ -317,7 +315,7 @@ def run_shard(a, model_dir, tok, mine, tries, conf, dev, dtype, device_map, rank
         model = M.load_model(model_dir, dev, dtype, device_map, progress=shards)
     if a.compile:
         model.compile_decode()
-    stop_ids = {tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")} - {None}
+    stop_ids = model.stop_ids(tok)
     fd, bar = open_records(a.out, rank), C.progress(len(mine)) if rank == 0 else (lambda what: None)
     try:
         for it, modes in mine:
@@ -368,7 +366,8 @@ def run(a):
     # The request against the checkpoint's small files (config, tokenizer) and this machine, before --out is made and
     # a weight is downloaded or read; the same on every rank, so every rank stops alike.
     model_dir = C.resolve_model(a.model, weights=False)
-    skeleton, tok = M.skeleton(model_dir), V.load_tokenizer(model_dir)
+    skeleton = M.skeleton(model_dir)
+    tok = V.load_tokenizer(model_dir, skeleton.family)
     bound = check_request(a, skeleton, tok, [it for _, items in datasets for it in items])
     M.check_memory(skeleton, dev, dtype, device_map, bound, a.max_new_tokens)
     made = rank == 0 and not os.path.lexists(a.out)

@@ -20,9 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import video
 
-FAMILIES = {"qwen2_5_vl": "qwen25vl", "qwen3_vl": "qwen3vl"}  # config.json model_type -> the family's module
+# The one registry of families: config.json model_type -> the family's module (PORTING.md: a port adds a line here)
+FAMILIES = {"qwen2_5_vl": "qwen25vl", "qwen3_vl": "qwen3vl"}
 
 
 class ModelError(ValueError):
@@ -105,10 +105,13 @@ class Config:
     intermediate_size: int
     rms_norm_eps: float
     rope_theta: float
-    mrope_section: tuple  # (T, H, W) frequency counts, sum = head_dim / 2
-    rope_axis: tuple  # for each of the head_dim/2 frequencies, the position row (0 T, 1 H, 2 W) it rotates by
+    rotary_dim: int  # the leading dims of each head that the rotary turns (head_dim, or less: partial rotary)
+    mrope_section: tuple  # (T, H, W) frequency counts, sum = rotary_dim / 2
+    rope_axis: tuple  # for each of the rotary_dim/2 frequencies, the position row (0 T, 1 H, 2 W) it rotates by
     attn_bias: bool  # Qwen2: q/k/v biases; Qwen3: none
     qk_norm: bool  # Qwen3: per-head RMSNorm on q and k before the rotary
+    attn_gate: bool  # Qwen3.5: q_proj also gives a per-element gate, sigmoid(gate) * attention output before o_proj
+    zero_centred_norms: bool  # Qwen3.5: every RMSNorm of the decoder scales by 1 + w
     tie_word_embeddings: bool
     max_positions: int  # max_position_embeddings: how far the rotary was trained
     image_token_id: int
@@ -125,11 +128,14 @@ class Config:
     merge_size: int
 
     @staticmethod
-    def read(path, model_type, interleaved, qk_norm, bias, vision_act):
+    def read(path, model_type, interleaved, qk_norm, bias, vision_act, attn_gate=False, zero_centred=False,
+             rotary_factor=1.0):
         """Read what Config holds from config.json (flat, or nested under text_config; rope under rope_scaling or
         rope_parameters), checked. Every value comes from the file: the transformers class defaults are not the
         checkpoints. What the file does not say is the family's: interleaved M-RoPE, q/k norms, q/k/v bias when
-        `attention_bias` is absent, the vision activation. Returns the fields, and vision_config for the family's own."""
+        `attention_bias` is absent, the vision activation, the attention output gate, zero-centred norms and the
+        partial_rotary_factor when the file has none.
+        Returns the fields, the text config's and the vision config's Fields for the family's own."""
         raw = read_json(path, "a JSON object (a Hugging Face config.json)")
         if raw.get("model_type") != model_type:
             raise ModelError(f"{path}: model_type is {raw.get('model_type')!r}, expected {model_type!r}")
@@ -141,9 +147,15 @@ class Config:
         if "head_dim" not in t.d and hidden % n_heads:  # (no head_dim: the head size is hidden / heads, whole)
             raise ModelError(f"{path}: {t.where}hidden_size {hidden} is not a multiple of num_attention_heads {n_heads}")
         head_dim = t.get("head_dim", default=hidden // n_heads)
+        factor = rope.get("partial_rotary_factor", float, None) or t.get("partial_rotary_factor", float, rotary_factor)
+        rotary_dim = int(head_dim * factor)  # (transformers: int(head_dim * partial_rotary_factor))
+        if not 0 < factor <= 1 or rotary_dim % 2:
+            raise ModelError(f"{path}: partial_rotary_factor {factor:g} of head_dim {head_dim} does not give an even "
+                             f"number of dims in (0, head_dim]")
         section = rope.ints("mrope_section", 3)
-        if 2 * sum(section) != head_dim:
-            raise ModelError(f"{path}: mrope_section {list(section)} sums to {sum(section)}, not head_dim/2 = {head_dim / 2:g}")
+        if 2 * sum(section) != rotary_dim:
+            what = "head_dim" if rotary_dim == head_dim else "the rotary dims (head_dim x partial_rotary_factor)"
+            raise ModelError(f"{path}: mrope_section {list(section)} sums to {sum(section)}, not {what}/2 = {rotary_dim / 2:g}")
         if t.get("hidden_act", str, "silu") != "silu":
             raise ModelError(f"{path}: hidden_act {t.d['hidden_act']!r} is not supported (expected 'silu')")
         theta = rope.get("rope_theta", float, None) or t.get("rope_theta", float)
@@ -156,8 +168,9 @@ class Config:
             model_type=model_type, vocab_size=t.get("vocab_size"), hidden_size=hidden, n_layers=t.get("num_hidden_layers"),
             n_heads=n_heads, n_kv_heads=t.get("num_key_value_heads"), head_dim=head_dim,
             intermediate_size=t.get("intermediate_size"), rms_norm_eps=t.get("rms_norm_eps", float), rope_theta=theta,
-            mrope_section=section, rope_axis=rope_axis(section, interleaved),
-            attn_bias=t.get("attention_bias", bool, bias), qk_norm=qk_norm,
+            rotary_dim=rotary_dim, mrope_section=section, rope_axis=rope_axis(section, interleaved),
+            attn_bias=t.get("attention_bias", bool, bias), qk_norm=qk_norm, attn_gate=attn_gate,
+            zero_centred_norms=zero_centred,
             # the text config's flag wins where there is one (transformers reads get_text_config().tie_word_embeddings)
             tie_word_embeddings=t.get("tie_word_embeddings", bool, False),
             max_positions=t.get("max_position_embeddings", int, 128000),
@@ -168,11 +181,11 @@ class Config:
             v_intermediate=v.get("intermediate_size"), in_chans=v.get("in_channels", int, v.get("in_chans", int, 3)),
             patch_size=v.get("patch_size"), temporal_patch_size=v.get("temporal_patch_size"),
             merge_size=v.get("spatial_merge_size"),
-        ), v
+        ), t, v
 
-    def check(self, path):
+    def check(self, path, fam):
         """What the sizes must satisfy together (each was checked alone when read): the decoder's and the vision
-        tower's."""
+        tower's, and the vision sizes against the family's preprocessing (fam, a video.Family)."""
         if self.n_heads % self.n_kv_heads:
             raise ModelError(f"{path}: num_attention_heads {self.n_heads} is not a multiple of num_key_value_heads {self.n_kv_heads}")
         for key in ("image_token_id", "video_token_id", "vision_start_token_id"):
@@ -183,7 +196,6 @@ class Config:
             raise ModelError(f"{path}: vision_config.hidden_size {self.v_hidden} is not num_heads {self.v_heads} x a "
                              f"head size divisible by 4")
         # video.py cuts frames into patches with the family's constants, not the config's: they must agree
-        fam = video.get_family(self.model_type)
         for key, have, want in (("patch_size", self.patch_size, fam.patch), ("spatial_merge_size", self.merge_size, fam.merge),
                                 ("temporal_patch_size", self.temporal_patch_size, fam.temporal_patch),
                                 ("in_channels", self.in_chans, 3)):
@@ -208,19 +220,35 @@ def upcast(x):  # to fp32 for bf16/fp16/fp32; fp64 stays fp64 (the float64 gradi
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim, eps):
+    """RMSNorm as each family's reference computes it: Qwen2 / Qwen3 normalize in fp32 and scale in the model dtype;
+    a zero-centred one (Qwen3.5: its stored weight w scales by 1 + w) scales in fp32, then casts."""
+
+    def __init__(self, dim, eps, zero_centred=False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
+        self.eps, self.zero_centred = eps, zero_centred
 
-    def forward(self, x):  # normalize in fp32, scale in the model dtype (as the reference does)
+    def forward(self, x):
         xf = upcast(x)
-        return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.zero_centred:
+            return (normed * (1.0 + upcast(self.weight))).to(x.dtype)
+        return self.weight * normed.to(x.dtype)
 
 
 def rotate_half(x):  # pairs dim i with dim i + d/2
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x, cos, sin):
+    """x [..., S, d] turned by cos/sin [S, r]: all of it (r = d), or (partial rotary) its first r dims only, the rest
+    passed through as they are."""
+    r = cos.shape[-1]
+    if r == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    turned, kept = x[..., :r], x[..., r:]
+    return torch.cat([turned * cos + rotate_half(turned) * sin, kept], -1)
 
 
 # ----------------------------------------------------------------------------- vision: what both towers share
@@ -321,26 +349,45 @@ def grid_positions(ids, c, blocks):
 # ----------------------------------------------------------------------------- the decoder (Qwen2 / Qwen3)
 
 @dataclass
-class KVCache:
-    """Per-layer key/value tensors that we own, preallocated. Rows [0, length) are valid; keys are stored after RoPE,
-    so rows can be edited (the V-Reason controller) or dropped (V-Reason Lite) without recomputing anything. `at`
-    holds, on each device, the row the next decode step writes: a step reads it as a tensor, never as a Python int."""
-    k: list  # n_layers x [Hkv, T_max, d]
-    v: list  # n_layers x [Hkv, T_max, d]
+class Cache:
+    """The decoder state that we own, per layer, preallocated. An attention layer keeps keys and values: rows
+    [0, length) are valid, and keys are stored after RoPE, so rows can be edited (the V-Reason controller) or dropped
+    (V-Reason Lite) without recomputing anything. A layer with a fixed-size state (linear attention) keeps that
+    instead, in `state`, and None in k and v: it has folded every token in, so nothing of it can be edited or
+    dropped. `at` holds, on each device, the row the next decode step writes: a step reads it as a tensor, never as a
+    Python int."""
+    k: list  # per layer: [Hkv, T_max, d], or None
+    v: list  # per layer: [Hkv, T_max, d], or None
+    state: list  # per layer: a fixed-state layer's tensors (its new_state), or None
     length: int = 0
     at: dict = field(default_factory=dict)  # device -> int64 [1]
 
     @classmethod
-    def empty(cls, c, max_len, device, dtype):  # device: one, or one per layer (a model split across GPUs)
-        devs = device if isinstance(device, (list, tuple)) else [device] * c.n_layers
-        shape = (c.n_kv_heads, max_len, c.head_dim)
-        # zeros, not empty: a decode step attends over every row under a mask, and 0 * NaN of a garbage row is NaN
-        return cls([torch.zeros(shape, device=d, dtype=dtype) for d in devs],
-                   [torch.zeros(shape, device=d, dtype=dtype) for d in devs],
-                   at={torch.device(d): torch.zeros(1, dtype=torch.long, device=d) for d in devs})
+    def empty(cls, layers, max_len, dtype):
+        """For these decoder layers, each on its own device (a model may be split across GPUs)."""
+        k, v, state = [], [], []
+        for layer in layers:
+            dev = layer.input_layernorm.weight.device
+            if layer.holds_kv:
+                # zeros, not empty: a decode step attends over every row under a mask, and 0 * NaN of a garbage row is NaN
+                k.append(torch.zeros(layer.hkv, max_len, layer.d, device=dev, dtype=dtype))
+                v.append(torch.zeros(layer.hkv, max_len, layer.d, device=dev, dtype=dtype))
+                state.append(None)
+            else:
+                k.append(None), v.append(None), state.append(layer.new_state(dtype))
+        devs = {layer.input_layernorm.weight.device for layer in layers}
+        return cls(k, v, state, at={torch.device(d): torch.zeros(1, dtype=torch.long, device=d) for d in devs})
 
-    def nbytes(self):  # bytes of the valid rows
-        return sum(2 * t[:, : self.length].numel() * t.element_size() for t in self.k)
+    @property
+    def kv_layers(self):  # the layers that keep K/V rows (all of them but a hybrid's linear-attention layers)
+        return [i for i, K in enumerate(self.k) if K is not None]
+
+    def tensors(self):  # every tensor the cache holds
+        return [t for t in [*self.k, *self.v] if t is not None] + [t for s in self.state if s for t in s]
+
+    def nbytes(self):  # bytes of the valid rows, and of the fixed states
+        rows = sum(2 * self.k[i][:, : self.length].numel() * self.k[i].element_size() for i in self.kv_layers)
+        return rows + sum(t.numel() * t.element_size() for s in self.state if s for t in s)
 
 
 # SDPA may pick cuDNN attention on an H100 with recent torch; its plans are keyed on the exact key length, so every
@@ -366,39 +413,66 @@ def decode_attention(q, K, V, mask):
         return F.scaled_dot_product_attention(q[None], K[None], V[None], attn_mask=mask).reshape(H, 1, d)
 
 
+def swiglu(x, norm, gate_up, down):  # the residual SwiGLU MLP every decoder layer ends with: x + down(silu(g) * u)
+    gate, up = (norm(x) @ gate_up).chunk(2, -1)
+    return x + (F.silu(gate) * up) @ down
+
+
 class DecoderLayer(nn.Module):
-    """A Qwen2 layer (q/k/v bias) or a Qwen3 layer (no bias, per-head RMSNorm on q and k before the rotary): RMSNorm,
-    GQA attention, RMSNorm, SwiGLU MLP. The matrices are stored packed and transposed, [in, out]: q|k|v as one, gate|up
-    as one. Decoding reads every weight once per token, and on a CPU a vector times an [in, out] matrix streams it
-    faster than the checkpoint's [out, in] (docs/performance.md#weight-layout); packing also means fewer, larger
-    products. Values get no norm and no rotary in either family: ΔV acts on v_proj's output."""
+    """An attention layer with a K/V cache: a Qwen2 layer (q/k/v bias), a Qwen3 layer (no bias, per-head RMSNorm on q
+    and k before the rotary) or a Qwen3.5 full-attention layer (Qwen3's, plus an output gate from q_proj, partial
+    rotary and zero-centred norms): RMSNorm, GQA attention, RMSNorm, SwiGLU MLP. The matrices are stored packed and
+    transposed, [in, out]: q|k|v as one, gate|up as one. Decoding reads every weight once per token, and on a CPU a
+    vector times an [in, out] matrix streams it faster than the checkpoint's [out, in]
+    (docs/performance.md#weight-layout); packing also means fewer, larger products. Values get no norm and no rotary
+    in any family: ΔV acts on v_proj's output."""
+
+    holds_kv = True  # its cache is K/V rows (Cache); a layer with a fixed state says False
+    renames = {"q_norm.weight": "self_attn.q_norm.weight", "k_norm.weight": "self_attn.k_norm.weight"}  # (checkpoint_layout)
 
     def __init__(self, c):
         super().__init__()
         D, d, H, Hkv, I = c.hidden_size, c.head_dim, c.n_heads, c.n_kv_heads, c.intermediate_size
-        self.d, self.split = d, [H * d, Hkv * d, Hkv * d]
-        self.input_layernorm = RMSNorm(D, c.rms_norm_eps)
-        self.qkv = nn.Parameter(torch.empty(D, (H + 2 * Hkv) * d))  # [q_proj | k_proj | v_proj].T
-        self.qkv_bias = nn.Parameter(torch.empty((H + 2 * Hkv) * d)) if c.attn_bias else None
-        self.q_norm = RMSNorm(d, c.rms_norm_eps) if c.qk_norm else None
-        self.k_norm = RMSNorm(d, c.rms_norm_eps) if c.qk_norm else None
+        q_width = 2 * d if c.attn_gate else d  # gated: per head [query | gate], as q_proj lays them out
+        self.d, self.hkv, self.gated = d, Hkv, c.attn_gate
+        self.split, self.widths = [H * q_width, Hkv * d, Hkv * d], [q_width, d, d]
+        norm = lambda dim: RMSNorm(dim, c.rms_norm_eps, c.zero_centred_norms)
+        self.input_layernorm = norm(D)
+        self.qkv = nn.Parameter(torch.empty(D, sum(self.split)))  # [q_proj | k_proj | v_proj].T
+        self.qkv_bias = nn.Parameter(torch.empty(sum(self.split))) if c.attn_bias else None
+        self.q_norm = norm(d) if c.qk_norm else None
+        self.k_norm = norm(d) if c.qk_norm else None
         self.o = nn.Parameter(torch.empty(H * d, D))  # o_proj.T, no bias
-        self.post_attention_layernorm = RMSNorm(D, c.rms_norm_eps)
+        self.post_attention_layernorm = norm(D)
         self.gate_up = nn.Parameter(torch.empty(D, 2 * I))  # [gate_proj | up_proj].T, no bias
         self.down = nn.Parameter(torch.empty(I, D))  # down_proj.T
 
-    def project(self, x, cos, sin):  # x [S, D] -> q [H, S, d], k/v [Hkv, S, d], RoPE applied to q and k
+    def packing(self):  # our packed matrix -> the checkpoint matrices in it, in order, with their output rows
+        return {"qkv": [("self_attn.q_proj", self.split[0]), ("self_attn.k_proj", self.split[1]),
+                        ("self_attn.v_proj", self.split[2])],
+                "o": [("self_attn.o_proj", self.o.shape[1])],
+                "gate_up": [("mlp.gate_proj", self.down.shape[0]), ("mlp.up_proj", self.down.shape[0])],
+                "down": [("mlp.down_proj", self.down.shape[1])]}
+
+    def project(self, x, cos, sin):
+        """x [S, D] -> q [H, S, d], k/v [Hkv, S, d], RoPE applied to q and k. Gated (Qwen3.5), q is [H, S, 2d]: the
+        query, then its output gate, which rides along into finish."""
         S = x.shape[0]
         x = self.input_layernorm(x)
         qkv = x @ self.qkv if self.qkv_bias is None else x @ self.qkv + self.qkv_bias  # (not addmm: compiled, the add fuses)
-        q, k, v = (t.view(S, -1, self.d).transpose(0, 1) for t in qkv.split(self.split, -1))
+        q, k, v = (t.view(S, -1, w).transpose(0, 1) for t, w in zip(qkv.split(self.split, -1), self.widths))
+        if self.gated:
+            q, gate = q.chunk(2, -1)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return (torch.cat([q, gate], -1) if self.gated else q), k, v
 
     def finish(self, x, q, K, V, mask=None):
-        """Attention of q [H, S, d] over K/V [Hkv, T, d] (causal when S > 1 and no mask; a decode step passes the
-        mask [1, T] of its preallocated cache), o_proj, residual, MLP."""
+        """Attention of q [H, S, d] (gated: [H, S, 2d], see project) over K/V [Hkv, T, d] (causal when S > 1 and no
+        mask; a decode step passes the mask [1, T] of its preallocated cache), the output gate, o_proj, residual, MLP."""
+        if self.gated:
+            q, gate = q.chunk(2, -1)
         H, S, d = q.shape
         if S == 1 and mask is not None:
             o = decode_attention(q, K, V, mask)
@@ -406,18 +480,25 @@ class DecoderLayer(nn.Module):
             with sdpa_kernel(SDPA_BACKENDS):
                 o = F.scaled_dot_product_attention(q[None], K[None], V[None], attn_mask=mask, is_causal=S > 1 and mask is None,
                                                    enable_gqa=True)
-        x = x + o.reshape(H, S, d).transpose(0, 1).reshape(S, -1) @ self.o
-        gate, up = (self.post_attention_layernorm(x) @ self.gate_up).chunk(2, -1)
-        return x + (F.silu(gate) * up) @ self.down
+        o = o.reshape(H, S, d).transpose(0, 1).reshape(S, -1)
+        if self.gated:
+            o = o * torch.sigmoid(gate.transpose(0, 1).reshape(S, -1))
+        return swiglu(x + o @ self.o, self.post_attention_layernorm, self.gate_up, self.down)
+
+    def cache_bytes(self, tokens, itemsize):  # what its K/V rows for this many tokens take
+        return 2 * self.hkv * self.d * tokens * itemsize
+
+    def prefill_values(self):  # activations a prompt token holds in this layer at once: q|k|v, then the MLP's 4 I
+        return sum(self.split) + 4 * self.down.shape[0]
 
 
 class LLM(nn.Module):  # checkpoint prefix "model." / "model.language_model."
-    def __init__(self, c):
+    def __init__(self, c, make_layer):
         super().__init__()
         # a tied head is the embedding: then the one table lives in VideoLM.lm_head, transposed
         self.embed_tokens = None if c.tie_word_embeddings else nn.Embedding(c.vocab_size, c.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.n_layers))
-        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.layers = nn.ModuleList(make_layer(i) for i in range(c.n_layers))
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.zero_centred_norms)
 
 
 @dataclass
@@ -433,14 +514,18 @@ class VideoLM(nn.Module):
 
       encode_video(video) -> Visual          vision features of a prepared video (video.py's Video)
       prompt(tok, question, video, system)   -> ids [S], positions [3, S]: the family's chat prompt and its
-                                             explicit M-RoPE positions (decode positions continue from max + 1)
-      new_cache(max_len) -> KVCache          a cache we own, on the layers' devices; what the method reads of it:
-        cache.k[i], cache.v[i]               layer i's keys and values, [Hkv, T_max, d]: the controller edits the
-                                             last layer's video value rows, Lite compacts every layer's rows
+                                             explicit M-RoPE positions
+      text_position(p, device) -> [3, 1]     the position of a text token at index p: decode steps continue at
+                                             max(prompt positions) + 1, whatever Lite did to the cache
+      new_cache(max_len) -> Cache            the decoder state we own, on the layers' devices; of it, the method reads:
+        cache.k[i], cache.v[i]               layer i's keys and values, [Hkv, T_max, d], or None for a layer with a
+                                             fixed state (linear attention): the controller edits the last layer's
+                                             video value rows (the last layer must keep K/V)
+        cache.kv_layers                      the layers that keep K/V rows: Lite compacts those, and only those
         cache.length                         the valid rows [0, length) (Lite lowers it)
-        cache.nbytes()                       bytes of the valid rows (what Lite saves)
+        cache.nbytes()                       bytes of the cache (what Lite saves)
       prefill(ids, pos, visual, cache)       -> (logits [vocab] fp32 of the last row, that row's input to the last
-                                             layer [1, D]); fills cache rows [0, S)
+                                             layer [1, D]); fills cache rows [0, S) and the fixed states
       decode(token, pos, cache, finish)      one step; finish=False stops once the last layer's K/V are cached and
                                              returns (None, h_in): the controller finishes that layer itself
       last_layer(h_in, pos, K, V) -> logits  the last layer for one position over given K/V (edited value rows),
@@ -450,20 +535,24 @@ class VideoLM(nn.Module):
                                              timestamps between them are text)
       layer_devices()                        each layer's device (its cache's); the first takes the prompt ids
       devices()                              every device the model uses (synchronized before a timer is read)
-    and, for the CLI and eval.py around the method: compile_decode() (--compile), thinking (a Thinking checkpoint),
-    c.model_type, c.max_positions (the prompt's length check).
+    and, for the CLI and eval.py around the method: family (the video.Family: preprocessing, special tokens),
+    stop_ids(tok), thinking (the prompt opens the answer with <think>), compile_decode() (--compile), c.model_type
+    and c.max_positions (the prompt's length check).
 
     Assumed of the model: the last layer is full attention with a value cache, values carry no rotary, and the video
-    rows are known (PORTING.md). The decoder and the head are shared by both families; a family file adds `visual`,
-    `encode_video`, `prompt`, and its checkpoint names."""
+    rows are known (PORTING.md). The decoder and the head are shared by every family; a family file adds `visual`,
+    `encode_video`, `prompt`, its video.Family and checkpoint prefixes, and (a hybrid) its own kind of layer."""
 
-    thinking = False  # a Thinking checkpoint (its chat template opens the answer with <think>): set by load_model
+    family = None  # the family's video.Family: its preprocessing, special and stop tokens
+    prefixes = ()  # its checkpoint key prefixes: (old, new) pairs (checkpoint_name)
+    thinking = False  # the prompt opens the answer with <think> (read_template decides; a family may let you choose)
     compiled = cuda_graphs = False  # set by compile_decode()
 
-    def __init__(self, c):
+    def __init__(self, c, make_layer=None):
+        """make_layer(i) -> decoder layer i (default: an attention DecoderLayer; a hybrid's family mixes kinds)."""
         super().__init__()
         self.c = c
-        self.llm = LLM(c)
+        self.llm = LLM(c, make_layer or (lambda i: DecoderLayer(c)))
         self.lm_head = nn.Parameter(torch.empty(c.hidden_size, c.vocab_size))  # lm_head.weight.T [D, vocab]
         self._rope = {}  # device -> (inverse frequencies [d/2], rope_axis [d/2]): computed once per device
 
@@ -472,16 +561,27 @@ class VideoLM(nn.Module):
         return self.lm_head.dtype
 
     # --- the contract
+    def text_position(self, p, device):
+        """The position of a text token at index p, as the prompt's positions lay it out ([3, 1]: every M-RoPE row
+        the same): where a decode step's token goes."""
+        return torch.full((3, 1), p, device=device)
+
+    def stop_ids(self, tok):  # the ids generation ends at: the family's stop tokens, as this tokenizer spells them
+        return {tok.token_to_id(t) for t in self.family.stop_tokens} - {None}
+
+    def read_template(self, model_dir):  # what the checkpoint's chat template decides (a family overrides)
+        pass
+
     def new_cache(self, max_len):
         if not self.compiled:
-            return KVCache.empty(self.c, max_len, self.layer_devices(), self.dtype)
+            return Cache.empty(self.llm.layers, max_len, self.dtype)
         # compiled: one cache for the life of the model, grown (in steps of 512 rows: a recompile) only when a request
         # needs more, so that the step keeps its shapes and, under CUDA graphs, its addresses. One sample at a time.
         cache = self._cache
-        if cache is None or cache.k[0].shape[1] < max_len:
-            cache = self._cache = KVCache.empty(self.c, -(-max_len // 512) * 512, self.layer_devices(), self.dtype)
+        if cache is None or cache.k[cache.kv_layers[0]].shape[1] < max_len:
+            cache = self._cache = Cache.empty(self.llm.layers, -(-max_len // 512) * 512, self.dtype)
             if self.cuda_graphs:  # the graphs write into these in place: their addresses are part of the graph
-                for t in [*cache.k, *cache.v, *cache.at.values()]:
+                for t in [*cache.tensors(), *cache.at.values()]:
                     torch._dynamo.mark_static_address(t)
         cache.length = 0
         return cache
@@ -555,14 +655,15 @@ class VideoLM(nn.Module):
 
     # --- the shared decoder
     def rope(self, pos, dtype):
-        """pos [3, S] -> cos/sin [S, d]: frequency j turns with the T/H/W row that c.rope_axis names; angles in fp32,
-        cos/sin in the model dtype (both references)."""
+        """pos [3, S] -> cos/sin [S, r] (r = c.rotary_dim): frequency j turns with the T/H/W row that c.rope_axis names;
+        angles in fp32, cos/sin in the model dtype (the references)."""
         if pos.device not in self._rope:
             c = self.c
-            inv = 1.0 / c.rope_theta ** (torch.arange(0, c.head_dim, 2, dtype=torch.float32, device=pos.device) / c.head_dim)
+            r = c.rotary_dim
+            inv = 1.0 / c.rope_theta ** (torch.arange(0, r, 2, dtype=torch.float32, device=pos.device) / r)
             self._rope[pos.device] = inv, torch.tensor(c.rope_axis, device=pos.device)
         inv, axis = self._rope[pos.device]
-        theta = pos[axis].float().T * inv  # [S, d/2] fp32
+        theta = pos[axis].float().T * inv  # [S, r/2] fp32
         theta = torch.cat([theta, theta], -1)
         return theta.cos().to(dtype), theta.sin().to(dtype)
 
@@ -591,18 +692,22 @@ class VideoLM(nn.Module):
     def layers(self, h, pos, cache, finish=True, deepstack=None, at=None):
         """All decoder layers. Prefill (at None): rows [0, S) of the cache, causal attention. Decode (at: device -> int64
         [1]): the one new row goes to row `at` and attends over the whole preallocated cache, rows after `at` masked.
-        finish=False stops once the last layer's K/V are cached and returns no logits (the V-Reason controller finishes
-        that layer itself). deepstack = (rows [S] bool, k x [rows, D]): feature i is added to those rows after layer i
-        (Qwen3-VL's DeepStack, prefill only)."""
+        A fixed-state layer (linear attention) runs over its S rows from, and into, its own state. finish=False stops
+        once the last layer's K/V are cached and returns no logits (the V-Reason controller finishes that layer itself;
+        the last layer is always attention). deepstack = (rows [S] bool, k x [rows, D]): feature i is added to those
+        rows after layer i (Qwen3-VL's DeepStack, prefill only)."""
         S = h.shape[0]
         cos, sin = self.rope(pos, h.dtype)
         last, masks = self.c.n_layers - 1, {}
         for i, layer in enumerate(self.llm.layers):
-            dev = cache.k[i].device
+            dev = layer.input_layernorm.weight.device
             if dev != h.device:  # model split across devices: hop to this layer's device
                 h, cos, sin = h.to(dev), cos.to(dev), sin.to(dev)
             if i == last:  # a copy: a view would keep the prefill's [S, D] activations alive until the next step
                 h_last_in = h[-1:].clone() if S > 1 else h
+            if not layer.holds_kv:
+                h = layer(h, cache.state[i], prefill=at is None)
+                continue
             q, k, v = layer.project(h, cos[None], sin[None])
             if at is None:
                 cache.k[i][:, :S], cache.v[i][:, :S] = k, v
@@ -639,10 +744,10 @@ def pick_device_dtype(device="auto", dtype="auto"):
     return torch.device(device), getattr(torch, dtype)
 
 
-def checkpoint_name(key):
-    """Map the key prefixes of both checkpoint eras onto our module tree (visual.*, llm.*, lm_head)."""
-    for old, new in (("model.language_model.", "llm."), ("language_model.model.", "llm."), ("language_model.lm_head.", "lm_head."),
-                     ("model.visual.", "visual."), ("visual.", "visual."), ("lm_head.", "lm_head."), ("model.", "llm.")):
+def checkpoint_name(key, prefixes):
+    """A checkpoint key in our module tree (visual.*, llm.*, lm_head): the first of the family's (old, new) prefix
+    pairs that it starts with, replaced."""
+    for old, new in prefixes:
         if key.startswith(old):
             return new + key[len(old):]
     return key
@@ -683,31 +788,28 @@ def placement(name, c, device, device_map):
     return devs[-1] if name.startswith("llm.norm.") else devs[0]
 
 
-PACKED = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "o": ("self_attn.o_proj",),
-          "gate_up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}
-
-
 def checkpoint_layout(model):
     """Checkpoint tensor name (as checkpoint_name gives it) -> (our parameter, its column range or None, the shape the
-    checkpoint must have). Most parameters keep the checkpoint's name and shape; each decoder matrix and the head go,
-    transposed, into a column range of a packed [in, out] parameter (DecoderLayer); Qwen3's q/k norms sit under
-    self_attn in the checkpoint."""
+    checkpoint must have). Most parameters keep the checkpoint's name and shape. A decoder layer's packed [in, out]
+    matrices (its packing(): DecoderLayer's q|k|v, gate|up, ...) each take, transposed, a column range per checkpoint
+    matrix, and a packed bias (`<name>_bias`) the same ranges; a layer's `renames` are parameters the checkpoint keeps
+    elsewhere (Qwen3's q/k norms sit under self_attn). The head, tied or not, goes into lm_head, transposed."""
     c = model.c
     layout = {n: (n, None, tuple(p.shape)) for n, p in model.named_parameters()}
     for i, layer in enumerate(model.llm.layers):
         pre = f"llm.layers.{i}."
-        layout.pop(pre + "qkv_bias", None)
-        for ours, parts in PACKED.items():
-            d_in, d_out = layout.pop(pre + ours)[2]
-            sizes = layer.split if ours == "qkv" else [d_out // len(parts)] * len(parts)
+        for ours, parts in layer.packing().items():
+            d_in = layout.pop(pre + ours)[2][0]
+            bias = layout.pop(pre + ours + "_bias", None)
             start = 0
-            for part, n in zip(parts, sizes):
+            for part, n in parts:
                 layout[pre + part + ".weight"] = (pre + ours, slice(start, start + n), (n, d_in))
-                if ours == "qkv" and layer.qkv_bias is not None:
-                    layout[pre + part + ".bias"] = (pre + "qkv_bias", slice(start, start + n), (n,))
+                if bias is not None:
+                    layout[pre + part + ".bias"] = (pre + ours + "_bias", slice(start, start + n), (n,))
                 start += n
-        for norm in ("q_norm", "k_norm") if layer.q_norm is not None else ():
-            layout[pre + f"self_attn.{norm}.weight"] = layout.pop(pre + f"{norm}.weight")
+        for ours, theirs in layer.renames.items():
+            if pre + ours in layout:
+                layout[pre + theirs] = layout.pop(pre + ours)
     del layout["lm_head"]
     head = "llm.embed_tokens.weight" if c.tie_word_embeddings else "lm_head.weight"
     layout[head] = ("lm_head", slice(0, c.vocab_size), (c.vocab_size, c.hidden_size))
@@ -724,22 +826,22 @@ def model_type(model_dir):
     mt = read_json(path, "a JSON object (a Hugging Face config.json)").get("model_type")
     if mt not in FAMILIES:
         raise ModelError(f"{path}: model_type is {mt!r}; supported: {', '.join(repr(f) for f in FAMILIES)} "
-                         f"(Qwen2.5-VL, Qwen3-VL)")
+                         f"({', '.join(family(f).FAMILY.name for f in FAMILIES)})")
     return mt
 
 
-def family(model_dir):  # the family's module (qwen25vl or qwen3vl), imported on first use
-    return importlib.import_module(FAMILIES[model_type(model_dir)])
+def family(model_type):  # the family's module (qwen25vl, ...) of a model_type in FAMILIES, imported on first use
+    return importlib.import_module(FAMILIES[model_type])
 
 
 def skeleton(model_dir):
     """The family's model on the meta device: its config (read and checked), its shapes and its prompt (Thinking or
     not), no storage. load_model fills it; before that, it tells the prompt's length and positions and memory_need."""
-    fam = family(model_dir)
+    fam = family(model_type(model_dir))
     c = fam.Config.from_json(os.path.join(model_dir, "config.json"))
     with torch.device("meta"):
         model = fam.Model(c)
-    model.thinking = video.get_family(c.model_type).thinking and video.thinking_template(model_dir)
+    model.read_template(model_dir)
     return model
 
 
@@ -762,7 +864,7 @@ def load_model(model_dir, device="cpu", dtype=torch.float32, device_map=None, pr
         try:
             with safe_open(path, framework="pt", device="cpu") as f:
                 for key in f.keys():
-                    name = checkpoint_name(key)
+                    name = checkpoint_name(key, model.prefixes)
                     if name not in layout:  # (a tied checkpoint's stored lm_head copy is ignored)
                         unexpected += [] if c.tie_word_embeddings and name == "lm_head.weight" else [key]
                         continue
@@ -797,25 +899,26 @@ def memory_need(model, device, dtype, device_map=None, prompt_tokens=0, new_toke
     """Bytes a request needs on each device it uses, found before anything is loaded: {device: [weights, kv, margin]}.
     weights, exact: from the skeleton (the model on the meta device), every parameter at `dtype` on the device
     placement() gives it (a tied head is one table, VideoLM.lm_head: counted once).
-    kv: n_layers x 2 (K, V) x kv heads x head_dim x (prompt + new tokens) x bytes, each layer's on its device.
+    kv: each layer's cache on its device (layer.cache_bytes): an attention layer's 2 (K, V) x kv heads x head_dim x
+    (prompt + new tokens) x bytes, a linear-attention layer's fixed state.
     margin, for activations and the rest: the larger of two moments that never overlap, plus SLACK. While loading,
     one checkpoint tensor is in flight: at most the largest parameter, at the checkpoint's dtype or ours, whichever is
-    wider. While running, the prefill's activations, per prompt token: in the MLP gate|up 2I, silu(gate) I and their
-    product I; q|k|v (H + 2 Hkv) d; and 6 D (the residual, the embedding and its copy with the video features in, the
-    video features themselves, RMSNorm's float32 temporaries), plus a D per DeepStack feature (Qwen3-VL). Attention
-    is flash or memory-efficient: O(S). The count is checked against a GPU's measured peak, and doubled for CUDA's
+    wider. While running, the prefill's activations, per prompt token: the widest layer's own (layer.prefill_values:
+    an attention layer's q|k|v and, in the MLP, gate|up 2I, silu(gate) I and their product I), and 6 D (the
+    residual, the embedding and its copy with the video features in, the video features themselves, RMSNorm's
+    float32 temporaries), plus a D per DeepStack feature (Qwen3-VL). Attention is flash or memory-efficient: O(S). The count is checked against a GPU's measured peak, and doubled for CUDA's
     caching allocator, which reserves more than the live activations (docs/performance.md#memory-check). Meant to
     err high: refusing a run that would just have fit costs a flag, an OOM kill costs the run."""
     c, size, need = model.c, dtype.itemsize, {}
     for name, p in model.named_parameters():
         need.setdefault(torch.device(placement(name, c, device, device_map)), [0, 0, 0])[0] += p.numel() * size
-    for i in range(c.n_layers):  # (every layer's device holds weights, so is in `need` already)
-        need[torch.device(placement(f"llm.layers.{i}.qkv", c, device, device_map))][1] += \
-            2 * c.n_kv_heads * c.head_dim * (prompt_tokens + new_tokens) * size
+    for i, layer in enumerate(model.llm.layers):  # (every layer's device holds weights, so is in `need` already)
+        need[torch.device(placement(f"llm.layers.{i}.", c, device, device_map))][1] += \
+            layer.cache_bytes(prompt_tokens + new_tokens, size)
     stored = getattr(torch, c.torch_dtype, None)  # the checkpoint's dtype, as config.json states it
     wider = max(size, stored.itemsize if isinstance(stored, torch.dtype) else 0)
     in_flight = max(p.numel() for p in model.parameters()) * wider
-    per_token = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim + 4 * c.intermediate_size + \
+    per_token = max(layer.prefill_values() for layer in model.llm.layers) + \
         (6 + len(getattr(c, "deepstack", ()))) * c.hidden_size
     margin = max(in_flight, 2 * prompt_tokens * per_token * size) + SLACK
     for parts in need.values():

@@ -11,6 +11,20 @@ import torch.nn.functional as F
 import model as M
 import video as V
 
+# qwen-vl-utils 0.0.10 (vision_process.py) and the Instruct checkpoints' processor: CLIP normalization, 28-px blocks,
+# 128 to 768 tokens a frame, a video's total int(128000*28*28*0.9) (it reads env VIDEO_MAX_PIXELS: we take
+# --total-pixels). Its tokens and prompt: ChatML, one video block, a default system message.
+FAMILY = V.Family("qwen2_5_vl", "Qwen2.5-VL", patch=14, mean=(0.48145466, 0.4578275, 0.40821073),
+                  std=(0.26862954, 0.26130258, 0.27577711), fused_normalize=False, sampler="qwen-vl-utils",
+                  min_pixels=128 * 28 * 28, max_pixels=768 * 28 * 28, total_pixels=90316800, strict_pixel_limits=False,
+                  special_tokens=("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"),
+                  stop_tokens=("<|im_end|>", "<|endoftext|>"), group_text_tokens=0)
+DEFAULT_SYSTEM = "You are a helpful assistant."
+VIDEO_BLOCK = "<|vision_start|><|video_pad|><|vision_end|>"
+# Checkpoint key prefixes of both eras (Qwen2.5-VL, Qwen3-VL and Qwen3.5 alike) -> our module tree
+PREFIXES = (("model.language_model.", "llm."), ("language_model.model.", "llm."), ("language_model.lm_head.", "lm_head."),
+            ("model.visual.", "visual."), ("visual.", "visual."), ("lm_head.", "lm_head."), ("model.", "llm."))
+
 
 @dataclass
 class Config(M.Config):
@@ -21,11 +35,11 @@ class Config(M.Config):
     @classmethod
     def from_json(cls, path):
         """An official config.json (flat, `rope_scaling`) or a newer nested one (`text_config`, `rope_parameters`)."""
-        common, v = M.Config.read(path, "qwen2_5_vl", interleaved=False, qk_norm=False, bias=True,
+        common, _, v = M.Config.read(path, "qwen2_5_vl", interleaved=False, qk_norm=False, bias=True,
                                   vision_act="silu")
         c = cls(**common, window_size=v.get("window_size"), fullatt_blocks=v.ints("fullatt_block_indexes"),
                 tokens_per_second=v.get("tokens_per_second", float))
-        c.check(path)
+        c.check(path, FAMILY)
         if c.window_size < c.merge_size * c.patch_size:  # the window in merged tokens would be 0
             raise M.ModelError(f"{path}: vision_config.window_size {c.window_size} is under one merged token "
                                f"({c.merge_size * c.patch_size} pixels)")
@@ -112,7 +126,17 @@ def rope_index(ids, video_grids, second_per_grid, c):
 
 # ----------------------------------------------------------------------------- the model
 
+def prompt_ids(tok, question, video, system=None):
+    """The Instruct chat template's ids for one video and a question, the video expanded as the processor does: one
+    block of n <|video_pad|>. video: a Video, or its <|video_pad|> count. system None: the template's default."""
+    n = video.n_tokens if isinstance(video, V.Video) else int(video)
+    text = V.chat_text(VIDEO_BLOCK + question, DEFAULT_SYSTEM if system is None else system)
+    return V.expand_video(tok, text, [n], FAMILY)
+
+
 class Model(M.VideoLM):
+    family, prefixes = FAMILY, PREFIXES
+
     def __init__(self, c):
         super().__init__(c)
         self.visual = VisionEncoder(c)
@@ -121,5 +145,8 @@ class Model(M.VideoLM):
         return M.Visual(self.visual(video.pixel_values.to(self.visual.merger.ln_q.weight.device), [video.grid_thw]))
 
     def prompt(self, tok, question, video, system=None):
-        ids = V.build_prompt(tok, question, video, system, V.QWEN25_VL)
-        return ids, rope_index(ids, [video.grid_thw], [video.second_per_grid], self.c)
+        ids = prompt_ids(tok, question, video, system)
+        return ids, self.positions(ids, video)
+
+    def positions(self, ids, video=None):  # the prompt's M-RoPE positions [3, S] (a text-only prompt: video None)
+        return rope_index(ids, [video.grid_thw] if video else [], [video.second_per_grid] if video else [], self.c)

@@ -10,7 +10,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import model as M
+import qwen25vl as Q25
 import video as V
+
+# qwen-vl-utils 0.0.14 with image_patch_size=16 and the 4.57 fast video processor: mean = std = 0.5 (the rescale
+# fused into them), 32-px blocks, 128 to 768 tokens a frame, a video's total MODEL_SEQ_LEN(128000)*32*32*0.9 (a
+# float; env MODEL_SEQ_LEN, likewise), and max_pixels below min_pixels refused. Prompt: ChatML, a "<t seconds>" before
+# each frame group's block (at most 8 tokens with its vision pair), no default system message.
+FAMILY = V.Family("qwen3_vl", "Qwen3-VL", patch=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), fused_normalize=True,
+                  sampler="qwen-vl-utils", min_pixels=128 * 32 * 32, max_pixels=768 * 32 * 32,
+                  total_pixels=128000 * 32 * 32 * 0.9, strict_pixel_limits=True,
+                  special_tokens=Q25.FAMILY.special_tokens, stop_tokens=Q25.FAMILY.stop_tokens, group_text_tokens=8)
 
 
 @dataclass
@@ -20,10 +30,10 @@ class Config(M.Config):
 
     @classmethod
     def from_json(cls, path):
-        common, v = M.Config.read(path, "qwen3_vl", interleaved=True, qk_norm=True, bias=False,
+        common, _, v = M.Config.read(path, "qwen3_vl", interleaved=True, qk_norm=True, bias=False,
                                   vision_act="gelu_pytorch_tanh")
         c = cls(**common, n_pos_embed=v.get("num_position_embeddings"), deepstack=v.ints("deepstack_visual_indexes"))
-        c.check(path)
+        c.check(path, FAMILY)
         if round(c.n_pos_embed ** 0.5) ** 2 != c.n_pos_embed:
             raise M.ModelError(f"{path}: vision_config.num_position_embeddings {c.n_pos_embed} is not a square number")
         if any(i >= c.v_depth for i in c.deepstack) or len(c.deepstack) > c.n_layers:
@@ -119,7 +129,27 @@ def rope_index(ids, video_grids, c):
 
 # ----------------------------------------------------------------------------- the model
 
+def timed_blocks(video, fam):
+    """Qwen3-VL's video text: per frame group its timestamp, then a block of h*w/4 <|video_pad|> -> (text, counts)."""
+    t, h, w = video.grid_thw
+    if len(video.timestamps) != t:
+        raise V.VideoError(f"the video has {len(video.timestamps)} timestamps for {t} temporal groups")
+    text = "".join(f"<{s:.1f} seconds>{Q25.VIDEO_BLOCK}" for s in video.timestamps)
+    return text, [h * w // fam.merge**2] * t
+
+
+def prompt_ids(tok, question, video, system=None, thinking=False):
+    """The Instruct (or, thinking=True, the Thinking) chat template's ids for one video and a question, expanded as
+    the 4.57 processor does; no system turn unless given."""
+    if thinking:
+        V.check_thinking(tok, FAMILY)
+    blocks, counts = timed_blocks(video, FAMILY)
+    return V.expand_video(tok, V.chat_text(blocks + question, system, V.THINK_OPEN if thinking else ""), counts, FAMILY)
+
+
 class Model(M.VideoLM):
+    family, prefixes = FAMILY, Q25.PREFIXES
+
     def __init__(self, c):
         super().__init__(c)
         self.visual = VisionEncoder(c)
@@ -128,6 +158,12 @@ class Model(M.VideoLM):
         embeds, deepstack = self.visual(video.pixel_values.to(self.visual.pos_embed.weight.device), [video.grid_thw])
         return M.Visual(embeds, deepstack)
 
+    def read_template(self, model_dir):  # a Thinking checkpoint is known by the chat template it ships
+        self.thinking = V.thinking_template(model_dir)
+
     def prompt(self, tok, question, video, system=None):
-        ids = V.build_prompt(tok, question, video, system, V.QWEN3_VL, thinking=self.thinking)
-        return ids, rope_index(ids, [video.grid_thw], self.c)
+        ids = prompt_ids(tok, question, video, system, self.thinking)
+        return ids, self.positions(ids, video)
+
+    def positions(self, ids, video=None):  # the prompt's positions [3, S] (a text-only prompt: video None)
+        return rope_index(ids, [video.grid_thw] if video else [], self.c)

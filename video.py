@@ -1,13 +1,14 @@
-"""Video file -> Qwen2.5-VL / Qwen3-VL vision inputs, and the chat prompt around them.
+"""Video file -> a model family's vision inputs (frames, patches, grid, timestamps), and the chat prompt mechanics.
 
-Reproduces, by value, the reference pipeline of each family:
-  Qwen2.5-VL: qwen-vl-utils 0.0.10 fetch_video + transformers 4.51.3 Qwen2VLImageProcessor;
-  Qwen3-VL: qwen-vl-utils 0.0.14 fetch_video(image_patch_size=16) +
-  transformers 4.57 Qwen3VLVideoProcessor and Qwen3VLProcessor (timestamped prompt).
-Both: decode every frame (torchvision's PyAV backend), pick n of them evenly, smart-resize within the video pixel
-limits, bicubic+antialias resize, rescale and normalize, pad to an even frame count, patchify into merge-block-major
-rows. What differs between the families is data, gathered in Family.
-Unlike torchvision we never hold every decoded frame: pass 1 only counts, pass 2 keeps the n picks.
+Reproduces, by value, the reference pipeline a family names (Family.sampler):
+  "qwen-vl-utils": qwen-vl-utils fetch_video (0.0.10 for Qwen2.5-VL, 0.0.14 with image_patch_size=16 for Qwen3-VL)
+      then the HF processor with do_resize=False: an even frame count, per-frame pixel limits shared out of a total;
+  "processor": transformers 5.x Qwen3VLVideoProcessor on its own (Qwen3.5): its frame count, pixel limits over the
+      whole clip.
+Both: decode every frame (PyAV), pick n of them evenly, smart-resize, bicubic+antialias resize, rescale and
+normalize, pad to an even frame count, patchify into merge-block-major rows. Unlike torchvision we never hold every
+decoded frame: pass 1 only counts, pass 2 keeps the n picks. What a family does differently is data, its Family,
+which its own model file defines (qwen25vl.FAMILY, ...); nothing here names a family.
 """
 import json
 import math
@@ -19,69 +20,37 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-# qwen-vl-utils 0.0.10 constants for Qwen2.5-VL (vision_process.py); smart_resize's defaults are its image limits
-FACTOR = 28                                       # patch 14 * spatial merge 2: sides are multiples of 28
-MIN_PIXELS, MAX_PIXELS, MAX_RATIO = 4 * 28 * 28, 16384 * 28 * 28, 200
-FRAME_FACTOR = 2                                  # = temporal_patch_size: frames go to the ViT in pairs
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>")
-THINK_OPEN = "<think>\n"                          # what a Thinking template's generation prompt adds
+MAX_RATIO = 200                                   # qwen-vl-utils and the processor refuse a longer aspect ratio
+THINK_OPEN = "<think>\n"                          # what a thinking template's generation prompt adds
 
 
 @dataclass(frozen=True)
 class Family:
-    """What one Qwen VL generation's reference does differently, from the file to the prompt."""
+    """What one family's reference does to a video and its prompt tokens, as data: its model file makes one."""
     model_type: str           # config.json "model_type"
     name: str                 # for messages
     patch: int                # ViT patch side in pixels
     mean: tuple               # per-channel normalization
     std: tuple
     fused_normalize: bool     # how the reference computes it, see frames_to_patches
-    total_pixels: float       # default pixel budget of a whole video (qwen-vl-utils VIDEO_TOTAL_PIXELS)
+    sampler: str              # "qwen-vl-utils" or "processor" (module docstring)
+    min_pixels: int           # the pixel flags' defaults: qwen-vl-utils, per frame; processor, for the whole clip
+    max_pixels: int | None    # per frame (processor: none)
+    total_pixels: float       # the whole video (qwen-vl-utils VIDEO_TOTAL_PIXELS; processor: size["longest_edge"])
     strict_pixel_limits: bool  # qwen-vl-utils >= 0.0.14 asserts max_pixels >= min_pixels
-    default_system: str | None  # system message the template inserts when none is given
-    timestamps: bool          # "<t seconds>" before each temporal group in the prompt
-    thinking: bool            # has a Thinking release (generation prompt opens <think>)
+    special_tokens: tuple     # what the tokenizer must know (load_tokenizer)
+    stop_tokens: tuple        # generation ends at any of these
+    group_text_tokens: int    # at most this many text tokens beside its pads per frame group (the prompt-length bound)
+    video_pad: str = "<|video_pad|>"
     merge: int = 2            # spatial merge: 2x2 patches -> 1 LLM token
     temporal_patch: int = 2   # frames per temporal group
     fps: float = 2.0          # default sampling rate, frames per second of video
     min_frames: int = 4
     max_frames: int = 768
-    min_tokens: int = 128     # per-frame pixel floor and cap, in merged tokens (VIDEO_MIN/MAX_TOKEN_NUM)
-    max_tokens: int = 768
 
     @property
     def factor(self) -> int:      # resized sides are multiples of this
         return self.patch * self.merge
-
-    @property
-    def min_pixels(self) -> int:
-        return self.min_tokens * self.factor ** 2
-
-    @property
-    def max_pixels(self) -> int:
-        return self.max_tokens * self.factor ** 2
-
-
-# total_pixels: 0.0.10 int(128000*28*28*0.9) (it reads env VIDEO_MAX_PIXELS, we take total_pixels=); 0.0.14
-# MODEL_SEQ_LEN(128000)*factor**2*0.9, a float (env MODEL_SEQ_LEN, likewise)
-QWEN25_VL = Family("qwen2_5_vl", "Qwen2.5-VL", patch=14, mean=CLIP_MEAN, std=CLIP_STD, fused_normalize=False,
-                   total_pixels=90316800, strict_pixel_limits=False, default_system="You are a helpful assistant.",
-                   timestamps=False, thinking=False)
-QWEN3_VL = Family("qwen3_vl", "Qwen3-VL", patch=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), fused_normalize=True,
-                  total_pixels=128000 * 32 * 32 * 0.9, strict_pixel_limits=True, default_system=None,
-                  timestamps=True, thinking=True)
-FAMILIES = {f.model_type: f for f in (QWEN25_VL, QWEN3_VL)}
-
-
-def get_family(family) -> Family:
-    """A Family, or its config.json model_type ("qwen2_5_vl", "qwen3_vl")."""
-    if isinstance(family, Family):
-        return family
-    if family not in FAMILIES:
-        raise VideoError(f"unknown model family {family!r} (known: {', '.join(FAMILIES)})")
-    return FAMILIES[family]
 
 
 class VideoError(ValueError):
@@ -94,48 +63,53 @@ class Video:
     grid_thw: tuple[int, int, int]  # (t, h, w): t 2-frame groups, h x w patches of p px
     second_per_grid: float          # seconds covered by one temporal group = 2 / sample_fps
     meta: dict                      # JSON-serializable record of every decision made
-    timestamps: tuple = ()          # seconds, one per temporal group (Qwen3-VL writes them into the prompt)
-    family: str = "qwen2_5_vl"      # model_type of the preprocessing
+    timestamps: tuple = ()          # seconds, one per temporal group (Qwen3-VL and Qwen3.5 write them into the prompt)
+    family: Family = None           # whose preprocessing made it
 
     @property
     def n_tokens(self) -> int:      # LLM tokens after the 2x2 merge = number of <|video_pad|>
         t, h, w = self.grid_thw
-        return t * h * w // get_family(self.family).merge ** 2
+        return t * h * w // self.family.merge ** 2
 
 
-# ----------------------------------------------------------------------------- sizes and counts
+# ----------------------------------------------------------------------------- how many frames, and how large
 
 def smart_nframes(total: int, video_fps: float, fps: float = 2.0, nframes: int | None = None,
-                  min_frames: int = 4, max_frames: int = 768) -> int:
-    """How many frames to sample, qwen-vl-utils smart_nframes (0.0.10 = 0.0.14). Always even."""
+                  min_frames: int = 4, max_frames: int = 768, pair: int = 2) -> int:
+    """How many frames to sample, qwen-vl-utils smart_nframes (0.0.10 = 0.0.14): always a multiple of `pair`."""
     if nframes is not None:
-        n = round(nframes / FRAME_FACTOR) * FRAME_FACTOR          # Python round is half-to-even: 5 -> 4, 7 -> 8
+        n = round(nframes / pair) * pair          # Python round is half-to-even: 5 -> 4, 7 -> 8
     else:
-        if not (video_fps > 0 and fps > 0):
-            raise VideoError(f"cannot sample at fps={fps}: video frame rate is {video_fps}")
-        lo = math.ceil(min_frames / FRAME_FACTOR) * FRAME_FACTOR
-        hi = math.floor(max_frames / FRAME_FACTOR) * FRAME_FACTOR
+        lo = math.ceil(min_frames / pair) * pair
+        hi = math.floor(max_frames / pair) * pair
         # qwen-vl-utils defaults max_frames to min(768, total); the extra min(total) below makes that equivalent
         n = min(max(total / video_fps * fps, lo), hi, total)
-        n = math.floor(n / FRAME_FACTOR) * FRAME_FACTOR
-    if total < FRAME_FACTOR:
+        n = math.floor(n / pair) * pair
+    return check_nframes(n, total, nframes, pair)
+
+
+def processor_nframes(total: int, video_fps: float, fps: float = 2.0, nframes: int | None = None,
+                      min_frames: int = 4, max_frames: int = 768, pair: int = 2) -> int:
+    """How many frames transformers 5.x Qwen3VLVideoProcessor.sample_frames takes: int(duration * fps) within
+    [min_frames, max_frames] and the video's frames, or `nframes` as given; any count (an odd one is padded later)."""
+    n = nframes if nframes is not None else min(max(int(total / video_fps * fps), min_frames), max_frames, total)
+    return check_nframes(n, total, nframes, pair)
+
+
+def check_nframes(n, total, nframes, pair):
+    if total < pair:
         raise VideoError(f"the video has {total} decoded frame{'s' * (total != 1)}: the model takes frames in pairs, "
-                         f"so it needs at least {FRAME_FACTOR}")
-    if not FRAME_FACTOR <= n <= total:
+                         f"so it needs at least {pair}")
+    if not pair <= n <= total:
         want = f"nframes={nframes} (-> {n})" if nframes is not None else f"{n} frames"
-        raise VideoError(f"cannot sample {want} from a video with {total} decoded frames (need 2 <= n <= {total})")
+        raise VideoError(f"cannot sample {want} from a video with {total} decoded frames (need {pair} <= n <= {total})")
     return n
 
 
-def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int = MIN_PIXELS,
-                 max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+def smart_resize(height: int, width: int, factor: int, min_pixels: float, max_pixels: float) -> tuple[int, int]:
     """(height, width) rounded to multiples of factor with area in [min_pixels, max_pixels] (qwen-vl-utils).
     Same in qwen-vl-utils 0.0.10 and 0.0.14 (which also asserts max >= min: load_video checks that first)."""
-    if min(height, width) <= 0:
-        raise VideoError(f"bad frame size {width}x{height}")
-    if max(height, width) / min(height, width) > MAX_RATIO:
-        raise VideoError(f"frame {width}x{height} has aspect ratio {max(height, width) / min(height, width):.1f}, "
-                         f"above the model's limit of {MAX_RATIO}")
+    check_aspect(height, width)
     hb = max(factor, round(height / factor) * factor)
     wb = max(factor, round(width / factor) * factor)
     if hb * wb > max_pixels:       # shrink, keeping the aspect ratio, rounding down so we stay under the cap
@@ -152,17 +126,76 @@ def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int 
     return hb, wb
 
 
-def video_pixel_limits(n_frames: int, min_pixels=None, max_pixels=None, total_pixels=None,
-                       family="qwen2_5_vl") -> tuple[int, int]:
-    """Per-frame (min, max) pixel area for a video of n_frames, as qwen-vl-utils fetch_video computes it."""
-    fam = get_family(family)
+def clip_resize(n: int, height: int, width: int, factor: int, pair: int, min_pixels: float,
+                max_pixels: float) -> tuple[int, int]:
+    """(height, width) as transformers 5.x Qwen3VLVideoProcessor's smart_resize gives them: the limits bound the
+    pixels of the whole clip (its frame count rounded to pairs, half to even, times the area); sides under one block
+    are first scaled up to it; a side is never shrunk below one block."""
+    check_aspect(height, width)
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    hb, wb, tb = round(height / factor) * factor, round(width / factor) * factor, round(n / pair) * pair
+    if tb * hb * wb > max_pixels:
+        beta = math.sqrt(n * height * width / max_pixels)
+        hb = max(factor, math.floor(height / beta / factor) * factor)
+        wb = max(factor, math.floor(width / beta / factor) * factor)
+    elif tb * hb * wb < min_pixels:
+        beta = math.sqrt(min_pixels / (n * height * width))
+        hb = math.ceil(height * beta / factor) * factor
+        wb = math.ceil(width * beta / factor) * factor
+    return hb, wb
+
+
+def check_aspect(height, width):
+    if min(height, width) <= 0:
+        raise VideoError(f"bad frame size {width}x{height}")
+    if max(height, width) / min(height, width) > MAX_RATIO:
+        raise VideoError(f"frame {width}x{height} has aspect ratio {max(height, width) / min(height, width):.1f}, "
+                         f"above the model's limit of {MAX_RATIO}")
+
+
+def video_pixel_limits(n_frames: int, fam: Family, min_pixels=None, max_pixels=None, total_pixels=None) -> tuple:
+    """The (min, max) pixel area the family's reference resizes to, for a video of n_frames: per frame as
+    qwen-vl-utils fetch_video computes it (the total shared between frame pairs, at most the per-frame cap, never
+    below ~min); for the processor, of the whole clip (max: the total, or --max-pixels a frame times the frames)."""
     min_px = fam.min_pixels if min_pixels is None else min_pixels
     total = fam.total_pixels if total_pixels is None else total_pixels
-    # Share the total budget between frame pairs, at most 768 tokens per pair, never below ~min_px.
-    max_px = max(min(fam.max_pixels, total / n_frames * FRAME_FACTOR), int(min_px * 1.05))
+    if fam.sampler == "processor":
+        return min_px, total if max_pixels is None else min(total, max_pixels * n_frames)
+    max_px = max(min(fam.max_pixels, total / n_frames * fam.temporal_patch), int(min_px * 1.05))
     if max_pixels is not None:
         max_px = min(max_pixels, max_px)                          # a user max above the cap is clamped
     return min_px, max_px
+
+
+def max_video_prompt(fam: Family, max_frames: int, min_pixels=None, max_pixels=None, total_pixels=None) -> int:
+    """At most how many prompt tokens a video takes, whatever its length and frame size, before it is read: for every
+    frame count the family's sampler can give up to max_frames (fewer frames may get more pixels each), its frame
+    groups' pads at the pixel limit plus the text the family writes beside each group (Family.group_text_tokens)."""
+    step = 1 if fam.sampler == "processor" else fam.temporal_patch
+    most = 0
+    for n in range(fam.temporal_patch, max_frames + 1, step):
+        area = video_pixel_limits(n, fam, min_pixels, max_pixels, total_pixels)[1]
+        if fam.sampler == "processor":  # a limit of the whole clip: per frame, its share (frames rounded to pairs)
+            area /= round(n / fam.temporal_patch) * fam.temporal_patch
+        most = max(most, -(-n // fam.temporal_patch) * (int(area) // fam.factor**2 + fam.group_text_tokens))
+    return most
+
+
+def plan_frames(fam, total, video_fps, H, W, fps, nframes, max_frames, min_pixels, max_pixels, total_pixels):
+    """Which frames to keep and the size to resize them to, as the family's reference decides:
+    -> (frame indices, (resized height, width), (min, max) pixel limits)."""
+    count = processor_nframes if fam.sampler == "processor" else smart_nframes
+    n = count(total, video_fps, fps, nframes, fam.min_frames, max_frames, fam.temporal_patch)
+    limits = video_pixel_limits(n, fam, min_pixels, max_pixels, total_pixels)
+    if fam.sampler == "processor":  # numpy float64 linspace, rounded half to even
+        idx = np.linspace(0, total - 1, n).round().astype(int).tolist()
+        size = clip_resize(n, H, W, fam.factor, fam.temporal_patch, *limits)
+    else:  # torch float32 linspace, rounded half to even, like qwen-vl-utils
+        idx = torch.linspace(0, total - 1, n).round().long().tolist()
+        size = smart_resize(H, W, fam.factor, *limits)
+    return idx, size, limits
 
 
 def group_timestamps(frame_indices, video_fps: float, group: int = 2) -> list[float]:
@@ -187,10 +220,9 @@ def _resize(rgb: np.ndarray, hb: int, wb: int) -> torch.Tensor:
     return y.round().clamp(0, 255).to(torch.uint8)
 
 
-def frames_to_patches(frames: torch.Tensor, family="qwen2_5_vl") -> tuple[torch.Tensor, tuple[int, int, int]]:
+def frames_to_patches(frames: torch.Tensor, fam: Family) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """frames [n, 3, H, W] values 0..255, H, W multiples of the family's factor -> (pixel_values [N, 3*2*p*p] fp32,
     (t, h, w))."""
-    fam = get_family(family)
     p, m, tp = fam.patch, fam.merge, fam.temporal_patch
     n, c, H, W = frames.shape
     if c != 3 or H % fam.factor or W % fam.factor:
@@ -202,7 +234,7 @@ def frames_to_patches(frames: torch.Tensor, family="qwen2_5_vl") -> tuple[torch.
     # In place on one fp32 copy: a long video's fp32 frames take GBs, so we keep just this copy and the output.
     x = frames.to(torch.float32, copy=True)
     if fam.fused_normalize:
-        # 4.57's fast video processor folds the rescale into the constants: (v - 255*mean) / (255*std), constants
+        # the fast video processors (4.57, 5.x) fold the rescale into the constants: (v - 255*mean) / (255*std), constants
         # scaled in fp32; (v/255 - mean)/std would differ from it by an ulp on some levels.
         x.sub_(mean * 255).div_(std * 255)
     else:
@@ -219,7 +251,7 @@ def frames_to_patches(frames: torch.Tensor, family="qwen2_5_vl") -> tuple[torch.
 def group_frames(video: Video) -> np.ndarray:
     """The first frame of each temporal group, [t, H, W, 3] uint8, rebuilt from the patches (for pictures: the
     normalization undone and rounded, so within one level of the resized frame)."""
-    fam = get_family(video.family)
+    fam = video.family
     t, gh, gw = video.grid_thw
     p, m, T = fam.patch, fam.merge, fam.temporal_patch
     x = video.pixel_values.view(t, gh // m, gw // m, m, m, 3, T, p, p)[:, :, :, :, :, :, 0]  # frames_to_patches' rows
@@ -252,25 +284,23 @@ def _decode(path: str, on_frame) -> tuple[int, float]:
         raise VideoError(f"cannot read video {path}: {why}") from e
 
 
-def check_pixel_limits(family, min_pixels=None, max_pixels=None):
+def check_pixel_limits(fam: Family, min_pixels=None, max_pixels=None):
     """The per-frame bounds the family's reference refuses (also called by eval.py before its run)."""
-    fam = get_family(family)
     min_px = fam.min_pixels if min_pixels is None else min_pixels
     if fam.strict_pixel_limits and max_pixels is not None and max_pixels < min_px:
         raise VideoError(f"max_pixels={max_pixels} is below min_pixels={min_px} (per frame), which {fam.name}'s "
                          f"reference refuses; lower min_pixels too")
 
 
-def load_video(path, family="qwen2_5_vl", fps: float | None = None, nframes: int | None = None,
+def load_video(path, fam: Family, fps: float | None = None, nframes: int | None = None,
                max_frames: int | None = None, min_pixels=None, max_pixels=None, total_pixels=None,
                progress=None) -> Video:
-    """Decode, sample and preprocess a video file like the family's qwen-vl-utils + HF processor.
+    """Decode, sample and preprocess a video file like the family's reference pipeline (Family.sampler).
     Samples at `fps` (frames per second of video) unless `nframes` is given, which then wins. A None flag takes the
-    family's default: fps 2, max_frames 768, pixel limits per frame and per video of video_pixel_limits.
+    family's default: fps 2, max_frames 768, the pixel limits of video_pixel_limits.
     progress(done, total): frames decoded so far, of 2 x the frame count (every frame is decoded twice); total is None
     while the first pass counts them."""
     progress = progress or (lambda done, total: None)
-    fam = get_family(family)
     fps = fam.fps if fps is None else fps
     max_frames = fam.max_frames if max_frames is None else max_frames
     check_pixel_limits(fam, min_pixels, max_pixels)  # before any decoding
@@ -292,11 +322,10 @@ def load_video(path, family="qwen2_5_vl", fps: float | None = None, nframes: int
     if not video_fps > 0:
         raise VideoError(f"cannot determine the frame rate of {path}")
     H, W = sizes.pop()
-    n = smart_nframes(total, video_fps, fps=fps, nframes=nframes, min_frames=fam.min_frames, max_frames=max_frames)
-    idx = torch.linspace(0, total - 1, n).round().long().tolist()  # fp32 linspace, half-to-even, like qwen-vl-utils
+    idx, (hb, wb), (min_px, max_px) = plan_frames(fam, total, video_fps, H, W, fps, nframes, max_frames, min_pixels,
+                                                  max_pixels, total_pixels)
+    n = len(idx)
     sample_fps = n / total * video_fps
-    min_px, max_px = video_pixel_limits(n, min_pixels, max_pixels, total_pixels, fam)
-    hb, wb = smart_resize(H, W, fam.factor, min_px, max_px)
 
     # Pass 2: decode again; convert and shrink only the picked frames, so we hold n small uint8 frames.
     kept, next_pick = [], 0
@@ -323,12 +352,13 @@ def load_video(path, family="qwen2_5_vl", fps: float | None = None, nframes: int
                 total_pixels=fam.total_pixels if total_pixels is None else total_pixels,
                 resized_height=hb, resized_width=wb, grid_thw=list(grid), second_per_grid=second_per_grid,
                 timestamps=timestamps)
-    return Video(pixel_values, grid, second_per_grid, meta, tuple(timestamps), fam.model_type)
+    return Video(pixel_values, grid, second_per_grid, meta, tuple(timestamps), fam)
 
 
 # ----------------------------------------------------------------------------- prompt
 
-def load_tokenizer(model_dir) -> Tokenizer:
+def load_tokenizer(model_dir, fam: Family) -> Tokenizer:
+    """The checkpoint's tokenizer.json, which must know the family's special tokens."""
     path = os.path.join(os.fspath(model_dir), "tokenizer.json")
     if not os.path.isfile(path):
         raise VideoError(f"tokenizer.json not found in {model_dir}")
@@ -336,9 +366,9 @@ def load_tokenizer(model_dir) -> Tokenizer:
         tok = Tokenizer.from_file(path)
     except Exception as e:                                         # tokenizers raises a bare Exception
         raise VideoError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
-    missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
+    missing = [t for t in fam.special_tokens if tok.token_to_id(t) is None]
     if missing:
-        raise VideoError(f"{path} is not a Qwen VL tokenizer: missing {', '.join(missing)}")
+        raise VideoError(f"{path} is not a {fam.name} tokenizer: missing {', '.join(missing)}")
     return tok
 
 
@@ -374,49 +404,33 @@ def thinking_template(model_dir) -> bool:
     return template is not None and r"<|im_start|>assistant\n<think>\n" in template
 
 
-def build_prompt(tokenizer: Tokenizer, question: str, video, system: str | None = None, family=None,
-                 thinking: bool = False) -> list[int]:
-    """Token ids of the family's chat template for one video followed by the question, with the video expanded as
-    the HF processor does: Qwen2.5-VL one block of n_tokens <|video_pad|>; Qwen3-VL per temporal
-    group `<{t:.1f} seconds>` then its block of h*w/4 <|video_pad|>, and no default system message.
-    video: a Video (for Qwen2.5-VL its <|video_pad|> count also does). family defaults to the video's.
-    thinking: the Thinking template's generation prompt, which opens the reasoning with <think>\\n (see
-    thinking_template)."""
-    if not isinstance(video, Video):                # a <|video_pad|> count: enough for Qwen2.5-VL only
-        fam = get_family(family or "qwen2_5_vl")
-        if fam.timestamps:
-            raise VideoError(f"a {fam.name} prompt needs the Video (its timestamps), not a token count")
-        blocks = [("", int(video))]                  # (text before <|vision_start|>, number of <|video_pad|>)
-    else:
-        fam = get_family(family or video.family)
-        if fam.model_type != video.family:
-            raise VideoError(f"a {video.family} video cannot go in a {fam.model_type} prompt")
-        t, h, w = video.grid_thw
-        if not fam.timestamps:
-            blocks = [("", video.n_tokens)]
-        elif len(video.timestamps) != t:
-            raise VideoError(f"the video has {len(video.timestamps)} timestamps for {t} temporal groups")
-        else:
-            blocks = [(f"<{s:.1f} seconds>", h * w // fam.merge ** 2) for s in video.timestamps]
-    if thinking and not fam.thinking:
-        raise VideoError(f"{fam.name} has no Thinking chat template")
-    if thinking and tokenizer.token_to_id(THINK_OPEN.strip()) is None:
-        raise VideoError(f"the tokenizer has no {THINK_OPEN.strip()} token, so it is not a Thinking checkpoint's")
-    system = fam.default_system if system is None else system
-    text = ("" if system is None else f"<|im_start|>system\n{system}<|im_end|>\n") + "<|im_start|>user\n"
-    text += "".join(f"{label}<|vision_start|><|video_pad|><|vision_end|>" for label, _ in blocks)
-    text += f"{question}<|im_end|>\n<|im_start|>assistant\n" + (THINK_OPEN if thinking else "")
-    # One <|video_pad|> per block, expanded after encoding: special tokens are matched whole by the tokenizer, so the
-    # text around them tokenizes the same as in the processor's fully expanded string. No BOS is added (Qwen adds none).
+def chat_text(user: str, system: str | None = None, opening: str = "") -> str:
+    """A prompt in Qwen's chat layout (ChatML, every Qwen chat template): an optional system turn, the user turn, then
+    the assistant's turn opened, followed by what the template puts there first (`opening`: a thinking template's
+    "<think>\\n"). No BOS (Qwen adds none)."""
+    text = "" if system is None else f"<|im_start|>system\n{system}<|im_end|>\n"
+    return text + f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{opening}"
+
+
+def expand_video(tokenizer: Tokenizer, text: str, counts: list, fam: Family) -> list[int]:
+    """Token ids of `text`, in which the i-th video block holds one <|video_pad|>, with that pad repeated counts[i]
+    times, as the HF processor expands it. Special tokens are matched whole by the tokenizer, so the text around them
+    tokenizes the same as in the processor's fully expanded string."""
     ids = tokenizer.encode(text, add_special_tokens=False).ids
-    pad = tokenizer.token_to_id("<|video_pad|>")
-    if ids.count(pad) != len(blocks):
-        raise VideoError("the question and system prompt must not contain <|video_pad|>")
+    pad = tokenizer.token_to_id(fam.video_pad)
+    if ids.count(pad) != len(counts):
+        raise VideoError(f"the question and system prompt must not contain {fam.video_pad}")
     out, k = [], 0
     for i in ids:
         if i == pad:
-            out += [pad] * blocks[k][1]
+            out += [pad] * counts[k]
             k += 1
         else:
             out.append(i)
     return out
+
+
+def check_thinking(tokenizer: Tokenizer, fam: Family):
+    if tokenizer.token_to_id(THINK_OPEN.strip()) is None:
+        raise VideoError(f"the tokenizer has no {THINK_OPEN.strip()} token, so it is not a thinking {fam.name} "
+                         f"checkpoint's")

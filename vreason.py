@@ -146,18 +146,20 @@ class Switch:
 
 
 def prune(cache, rows, ratio, policy):
-    """V-Reason Lite (METHOD.md §5): per layer, drop the floor(ratio * N) video rows whose value vectors have the
-    smallest norm (mean over kv heads of the L2 norm), K and V alike, and close the gaps, keeping every other row in
-    order; text rows (Qwen3-VL's timestamps between frame groups included) are never dropped. Keys carry their rotary
-    phase, so the compacted cache stays valid. rows [N]: the video rows (ascending, the same in every layer after
-    prefill). Returns the last layer's new video rows [N - dropped] (the controller's) and which video tokens each
-    layer kept [n_layers, N] bool."""
+    """V-Reason Lite (METHOD.md §5): in each layer that keeps K/V rows (cache.kv_layers: every layer but a hybrid's
+    linear-attention ones, whose fixed state has no rows to drop), drop the floor(ratio * N) video rows whose value
+    vectors have the smallest norm (mean over kv heads of the L2 norm), K and V alike, and close the gaps, keeping
+    every other row in order; text rows (Qwen3-VL's timestamps between frame groups included) are never dropped. Keys
+    carry their rotary phase, so the compacted cache stays valid. rows [N]: the video rows (ascending, the same in
+    every layer after prefill). Returns the last layer's new video rows [N - dropped] (the controller's) and which
+    video tokens each of those layers kept [len(cache.kv_layers), N] bool."""
     n, T, lo = len(rows), cache.length, int(rows[0])
     keep = n - math.floor(ratio * n)
     score = lambda values: values[:, rows.to(values.device)].float().norm(dim=-1).mean(0)  # [N]
     last = score(cache.v[-1]) if policy == "last-layer" else None
     kept = []
-    for K, V in zip(cache.k, cache.v):
+    for i in cache.kv_layers:
+        K, V = cache.k[i], cache.v[i]
         sc = last.to(V.device) if last is not None else score(V)
         is_kept = torch.zeros(n, dtype=torch.bool, device=V.device).index_fill_(0, sc.topk(keep).indices, True)
         alive = torch.ones(T, dtype=torch.bool, device=V.device)
@@ -300,7 +302,7 @@ def generate_reference(model, prep, s, stop_ids, info=None):
             if step.token in stop_ids:  # 6. stop, or feed the token
                 return
             seen = torch.cat([seen, token.to(seen.device)])
-            pos = torch.full((3, 1), nxt + t, device=prep.ids.device)
+            pos = model.text_position(nxt + t, prep.ids.device)
             with torch.no_grad():
                 logits, h_in = model.decode(seen[-1:], pos, cache)
     finally:
@@ -351,7 +353,7 @@ def generate(model, prep, s, stop_ids, info=None):
             last = t == s.max_new_tokens - 1
             if not last:
                 seen = torch.cat([seen, token.to(seen.device)])
-                pos = torch.full((3, 1), nxt + t, device=dev)
+                pos = model.text_position(nxt + t, dev)
                 with torch.no_grad():
                     next_logits, h_in = model.decode(seen[-1:], pos, cache, finish=not due(t + 1))
                 if next_logits is None:  # an update is due: its first forward (the last layer through the controller's

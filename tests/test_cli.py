@@ -320,7 +320,7 @@ BAD_MODEL_DIRS = {
                         "{d}: missing weight shard(s): model-00002-of-00003.safetensors"),
     "a truncated shard": (_truncate, "{d}/model-00002-of-00003.safetensors: cannot read safetensors (SafetensorError: ..."),
     "NaN weights": (_nan_weights, "non-finite logits at generated token 0 (NaN/inf weights, float16 overflow, too large a --lr)"),
-    "tokenizer without vision tokens": (_plain_tokenizer, "{d}/tokenizer.json is not a Qwen VL tokenizer: missing ..."),
+    "tokenizer without vision tokens": (_plain_tokenizer, "{d}/tokenizer.json is not a {fam} tokenizer: missing ..."),
     "no tokenizer": (lambda d: os.remove(d / "tokenizer.json"), "tokenizer.json not found in {d}"),
 }
 MODEL_DIR_CASES = [(case, fam) for case, v in BAD_MODEL_DIRS.items() for fam in (v[2] if len(v) > 2 else [Q25, Q3])]
@@ -328,12 +328,10 @@ MODEL_DIR_CASES = [(case, fam) for case, v in BAD_MODEL_DIRS.items() for fam in 
 
 @pytest.mark.parametrize("case,family", MODEL_DIR_CASES)
 def test_bad_model_dir(case, family, model_dirs, clip, tmp_path, capsys):
-    from video import get_family
-
     breaker, message = BAD_MODEL_DIRS[case][:2]
     d = _copy(model_dirs[family], tmp_path)
     breaker(d)
-    fam = get_family(family)
+    fam = C.M.family(family).FAMILY
     message = message.format(d=d, t="text_config." if family == Q3 else "", fam=fam.name, patch=fam.patch)
     err = _bad(capsys, tmp_path, ["--video", clip, "--q", "x", "--model", str(d), *SMALL])
     assert err.startswith(f"vreason: error: {message[:-3]}") if message.endswith("...") else err == f"vreason: error: {message}"
@@ -357,7 +355,8 @@ def test_memory_fits_or_stops_before_loading(family, model_dirs, clip, tmp_path,
     loads = []
     monkeypatch.setattr(C.M, "load_model", lambda *a, **k: loads.append(a))
     skeleton = C.M.skeleton(d)
-    prompt = len(skeleton.prompt(C.V.load_tokenizer(d), "x", C.V.load_video(clip, family, min_pixels=3136, max_pixels=12544))[0])
+    video = C.V.load_video(clip, skeleton.family, min_pixels=3136, max_pixels=12544)
+    prompt = len(skeleton.prompt(C.V.load_tokenizer(d, skeleton.family), "x", video)[0])
     full, half = (C.M.memory_need(skeleton, cpu, dt, None, prompt, 8)[cpu] for dt in (torch.float32, torch.bfloat16))
     gb = lambda n: f"{n / 1e9:.1f}"
     for free, fits in ((sum(half) / 1e9 + 0.001, ": fits"), (sum(half) / 1e9 - 0.001, "")):

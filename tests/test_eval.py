@@ -16,6 +16,7 @@ from test_cli import model_dir  # noqa: F401  (fixture: tiny checkpoint + real t
 
 import cli as C
 import eval as E
+import qwen25vl
 import report
 import videor1 as VR1
 import video as V
@@ -116,7 +117,7 @@ def args(bench, out, *extra):
 @pytest.fixture
 def fake(monkeypatch, model_dir):
     """R.generate replaced by a model that writes ANSWERS for the question it is shown; counts calls, can crash."""
-    tok = V.load_tokenizer(model_dir)
+    tok = V.load_tokenizer(model_dir, qwen25vl.FAMILY)
     calls = {"generate": [], "prepare": 0, "crash_at": None}
     prepare = R.prepare
 
@@ -154,7 +155,7 @@ def test_end_to_end_known_predictions(bench, model_dir, fake, tmp_path, capsys):
     for q, mode, prompt, ids, s in fake["generate"]:
         item = next(x for xs in ENTRIES.values() for x in xs if x["problem"].startswith(f"[{q}]"))
         assert f"<|vision_end|>{VR1.question(item)}<|im_end|>" in prompt
-        assert ids == V.build_prompt(fake["tok"], VR1.question(item), ids.count(151656))
+        assert ids == qwen25vl.prompt_ids(fake["tok"], VR1.question(item), ids.count(151656))
         assert (s.update_every, s.beta, s.prune_ratio, s.max_new_tokens) == (3, 0.8, 0.5 if mode == "lite" else 0.0, 1024)
     recs = records(out)
     order = [(f[5:].split(".")[0], str(x["problem_id"]), m) for f in ENTRIES for x in ENTRIES[f] for m in R.MODES]

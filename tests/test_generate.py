@@ -49,7 +49,7 @@ def test_entropy_is_of_the_choosing_logits(ckpt):
     ours = M.load_model(ckpt)
     prep, ids, px = prepared(ours, (2, 8, 8), 1.0)
     steps = list(R.generate(ours, prep, R.Settings(max_new_tokens=3), set()))
-    cache = M.KVCache.empty(ours.c, len(ids) + 1, "cpu", torch.float32)
+    cache = ours.new_cache(len(ids) + 1)
     with torch.no_grad():
         logits, _ = ours(ours.embed(prep.ids, prep.visual), prep.pos, cache)
     p = torch.softmax(logits.double(), -1)

@@ -87,7 +87,7 @@ def run_ours(model, ids, grid, spg, px, steps):
     c = model.c
     grids = [grid] if grid else []
     pos = Q25.rope_index(ids, grids, [spg] if grid else [], c)
-    cache = M.KVCache.empty(c, len(ids) + steps, "cpu", torch.float32)
+    cache = model.new_cache(len(ids) + steps)
     with torch.no_grad():
         emb = model.visual(px, grids) if grid else None
         logits, _ = model(model.embed(torch.tensor(ids), M.Visual(emb) if grid else None), pos, cache)
@@ -135,7 +135,7 @@ def test_cached_decode_equals_full_forward(pair):
             full = ids + [1000 + 37 * j for j in range(s)]
             pos = Q25.rope_index(ids, [grid], [spg], c)
             pos = torch.cat([pos, torch.arange(s).expand(3, -1) + int(pos.max()) + 1], 1)
-            logits, _ = ours(ours.embed(torch.tensor(full), M.Visual(emb)), pos, M.KVCache.empty(c, len(full), "cpu", torch.float32))
+            logits, _ = ours(ours.embed(torch.tensor(full), M.Visual(emb)), pos, ours.new_cache(len(full)))
             assert rel_diff(stepped[s], logits) <= 1e-5
 
 

@@ -166,9 +166,9 @@ def test_cli_runs_qwen3vl_in_every_mode(q3_dirs, q3_clip, tmp_path, capsys, kind
     v = rec["video"]
     assert v["family"] == "qwen3_vl" and v["resized_width"] % 32 == 0 and v["min_pixels"] == 128 * 32 * 32
     assert len(v["timestamps"]) == v["grid_thw"][0] >= 2  # one "<t seconds>" per frame group
-    tok = V.load_tokenizer(q3_dirs[kind])
-    ids = V.build_prompt(tok, "What happens?", V.Video(None, tuple(v["grid_thw"]), None, {}, tuple(v["timestamps"]), "qwen3_vl"),
-                         thinking=kind == "thinking")
+    tok = V.load_tokenizer(q3_dirs[kind], Q3.FAMILY)
+    ids = Q3.prompt_ids(tok, "What happens?", V.Video(None, tuple(v["grid_thw"]), None, {}, tuple(v["timestamps"]), Q3.FAMILY),
+                        thinking=kind == "thinking")
     assert rec["prompt_tokens"] == len(ids)
     assert not tok.decode(ids, skip_special_tokens=False).startswith("<|im_start|>system")  # no default system turn
     assert rec["vreason"]["video_tokens_kept"] == rec["video_tokens"] - rec["video_tokens"] // 2

@@ -28,9 +28,13 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+import qwen25vl  # noqa: E402
+import qwen3vl  # noqa: E402
 import video  # noqa: E402
 from clips import write_audio_only, write_clip, write_empty_video  # noqa: E402
 from video import VideoError  # noqa: E402
+
+Q25 = qwen25vl.FAMILY
 
 # ----------------------------------------------------------------------------- oracles
 
@@ -116,20 +120,20 @@ def ref_fetch_video(path, ele):
     ((201, 333), (252, 420)),
 ])
 def test_smart_resize_video_limits_table(hw, expect):
-    lo, hi = video.video_pixel_limits(32)
+    lo, hi = video.video_pixel_limits(32, Q25)
     assert (lo, hi) == (100352, 602112)
     assert video.smart_resize(*hw, 28, lo, hi) == expect
     assert ref_smart_resize(*hw, 28, lo, hi) == expect
 
 
 def test_smart_resize_edges():
-    assert video.smart_resize(10, 20) == (56, 84)                 # image limits: floor max(28,.) then min 3136
+    assert video.smart_resize(10, 20, 28, 4 * 28 * 28, 16384 * 28 * 28) == (56, 84)                 # image limits: floor max(28,.) then min 3136
     assert video.smart_resize(201, 333, 28, 100352, 50000) == (168, 280)   # max branch wins over min
-    assert video.smart_resize(28, 28 * 200) == ref_smart_resize(28, 28 * 200)  # ratio exactly 200 is allowed
+    assert video.smart_resize(28, 28 * 200, 28, 3136, 12845056) == ref_smart_resize(28, 28 * 200)  # ratio exactly 200 is allowed
     with pytest.raises(VideoError, match="aspect ratio"):
-        video.smart_resize(10, 2010)
+        video.smart_resize(10, 2010, 28, 3136, 12845056)
     with pytest.raises(VideoError, match="aspect ratio"):
-        video.smart_resize(2010, 10)
+        video.smart_resize(2010, 10, 28, 3136, 12845056)
 
 
 @pytest.mark.parametrize("args, kw, expect", [
@@ -162,14 +166,14 @@ def test_smart_nframes_rejects(args, kw):
 
 
 def test_video_pixel_limits():
-    assert video.video_pixel_limits(300) == (100352, 602112)      # n <= 300: the 768-token cap
-    assert video.video_pixel_limits(302) == (100352, 90316800 / 302 * 2)
-    assert video.video_pixel_limits(768) == (100352, 235200.0)
-    assert video.video_pixel_limits(20, min_pixels=200000) == (200000, 602112)
-    assert video.video_pixel_limits(20, total_pixels=1_000_000) == (100352, 105369)   # int(min*1.05) floor
-    assert video.video_pixel_limits(20, max_pixels=50000) == (100352, 50000)
-    assert video.video_pixel_limits(20, max_pixels=10**7) == (100352, 602112)         # clamped to the cap
-    assert video.video_pixel_limits(8, 400000, None, 2_000_000) == (400000, 500000.0)
+    assert video.video_pixel_limits(300, Q25) == (100352, 602112)      # n <= 300: the 768-token cap
+    assert video.video_pixel_limits(302, Q25) == (100352, 90316800 / 302 * 2)
+    assert video.video_pixel_limits(768, Q25) == (100352, 235200.0)
+    assert video.video_pixel_limits(20, Q25, min_pixels=200000) == (200000, 602112)
+    assert video.video_pixel_limits(20, Q25, total_pixels=1_000_000) == (100352, 105369)   # int(min*1.05) floor
+    assert video.video_pixel_limits(20, Q25, max_pixels=50000) == (100352, 50000)
+    assert video.video_pixel_limits(20, Q25, max_pixels=10**7) == (100352, 602112)         # clamped to the cap
+    assert video.video_pixel_limits(8, Q25, 400000, None, 2_000_000) == (400000, 500000.0)
 
 
 # ----------------------------------------------------------------------------- preprocessing vs HF
@@ -180,7 +184,7 @@ def test_frames_to_patches_matches_hf(shape):
     n, h, w = shape
     g = torch.Generator().manual_seed(n * h + w)
     frames = torch.randint(0, 256, (n, 3, h, w), generator=g).float()
-    ours, grid = video.frames_to_patches(frames)
+    ours, grid = video.frames_to_patches(frames, Q25)
     theirs, their_grid = hf_video(frames, do_resize=False)
     assert grid == their_grid == ((n + 1) // 2, h // 14, w // 14)
     assert ours.dtype == theirs.dtype == torch.float32 and ours.shape == (math.prod(grid), 1176)
@@ -197,7 +201,7 @@ def test_frames_to_patches_matches_hf(shape):
 def test_normalize_all_256_levels_exact():
     frames = torch.arange(256.0).repeat(2 * 3 * 56 * 56 // 256 + 1)[: 2 * 3 * 56 * 56].view(2, 3, 56, 56)
     assert set(frames.unique().tolist()) == set(range(256))
-    ours, _ = video.frames_to_patches(frames)
+    ours, _ = video.frames_to_patches(frames, Q25)
     theirs, _ = hf_video(frames)
     assert torch.equal(ours, theirs)
 
@@ -205,8 +209,8 @@ def test_normalize_all_256_levels_exact():
 def test_frames_to_patches_layout():
     # The processor's row order, by hand: row r is block-major, (c, tp, ph, pw) inside a row; odd n pads with the last frame.
     frames = torch.randint(0, 256, (3, 3, 56, 84)).float()
-    pv, (t, gh, gw) = video.frames_to_patches(frames)
-    x = (frames / 255 - torch.tensor(video.CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(video.CLIP_STD).view(1, 3, 1, 1)
+    pv, (t, gh, gw) = video.frames_to_patches(frames, Q25)
+    x = (frames / 255 - torch.tensor(Q25.mean).view(1, 3, 1, 1)) / torch.tensor(Q25.std).view(1, 3, 1, 1)
     x = torch.cat([x, x[-1:]])
     row = 0
     for ti in range(t):
@@ -248,7 +252,7 @@ CLIPS = {   # name: (write_clip kwargs, load kwargs, expected nframes, expected 
 def test_load_video_matches_reference(name, tmp_path):
     clip_kw, load_kw, n_expect, hw_expect = CLIPS[name]
     path = write_clip(str(tmp_path / f"{name}.mp4"), **clip_kw)
-    v = video.load_video(path, **load_kw)
+    v = video.load_video(path, Q25, **load_kw)
     frames, idx, sample_fps, video_fps, total = ref_fetch_video(path, load_kw)
     m = v.meta
     assert m["frames_decoded"] == total == clip_kw["n_frames"]
@@ -281,7 +285,7 @@ def test_truncated_faststart_decodes_what_is_there(tmp_path):
     data = open(path, "rb").read()
     assert data[4:8] == b"ftyp" and data.find(b"moov") < data.find(b"mdat")
     open(path, "wb").write(data[: len(data) // 2])
-    v = video.load_video(path)
+    v = video.load_video(path, Q25)
     _, idx, _, _, total = ref_fetch_video(path, {})
     assert 2 <= v.meta["frames_decoded"] == total < 30
     assert v.meta["frame_indices"] == idx
@@ -305,7 +309,7 @@ def test_only_picked_frames_are_converted_and_held(tmp_path, monkeypatch):
         return arr
 
     monkeypatch.setattr(av.VideoFrame, "to_ndarray", spy)
-    v = video.load_video(path)
+    v = video.load_video(path, Q25)
     assert v.meta["nframes"] == 12
     assert stats["calls"] == 12
     assert stats["max_live"] == 1
@@ -317,10 +321,10 @@ def test_peak_memory_is_bounded(tmp_path):
     big = write_clip(str(tmp_path / "big.mp4"), 300, 640, 360, 30)
     small = write_clip(str(tmp_path / "small.mp4"), 8, 64, 48, 30)
     code = (
-        "import resource, sys; sys.path.insert(0, sys.argv[1]); import video\n"
-        "video.load_video(sys.argv[2])  # warm up thread pools and kernels on a tiny clip\n"
+        "import resource, sys; sys.path.insert(0, sys.argv[1]); import video, qwen25vl\n"
+        "video.load_video(sys.argv[2], qwen25vl.FAMILY)  # warm up thread pools and kernels on a tiny clip\n"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "v = video.load_video(sys.argv[3], nframes=4)\n"
+        "v = video.load_video(sys.argv[3], qwen25vl.FAMILY, nframes=4)\n"
         "print(v.meta['frames_decoded'], (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)\n"
     )
     out = subprocess.run([sys.executable, "-c", code, os.path.dirname(HERE), small, big],
@@ -371,7 +375,7 @@ def _make_bad(kind, tmp_path):
 def test_bad_input_raises_video_error(kind, kw, match, tmp_path):
     path = _make_bad(kind, tmp_path)
     with pytest.raises(VideoError, match=match) as e:
-        video.load_video(path, **kw)
+        video.load_video(path, Q25, **kw)
     msg = str(e.value)
     assert msg and "\n" not in msg and not isinstance(e.value, av.FFmpegError)
     assert issubclass(VideoError, ValueError)
@@ -424,14 +428,14 @@ QUESTIONS = ["What is happening in this video?",
 @pytest.mark.parametrize("question", QUESTIONS)
 def test_build_prompt_matches_hf_processor(model_dir, hf_processor, question, system, tmp_path):
     path = write_clip(str(tmp_path / "p.mp4"), 27, 97, 61, Fraction(30000, 1001))
-    v = video.load_video(path)
+    v = video.load_video(path, Q25)
     frames, *_ = ref_fetch_video(path, {})
     messages = [{"role": "user", "content": [{"type": "video", "video": path}, {"type": "text", "text": question}]}]
     if system is not None:
         messages.insert(0, {"role": "system", "content": system})
     text = hf_processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     out = hf_processor(text=[text], videos=[frames], fps=[v.meta["sample_fps"]], return_tensors="pt")
-    ours = video.build_prompt(video.load_tokenizer(model_dir), question, v.n_tokens, system=system)
+    ours = qwen25vl.prompt_ids(video.load_tokenizer(model_dir, Q25), question, v.n_tokens, system)
     assert ours == out["input_ids"][0].tolist()
     assert ours.count(151656) == v.n_tokens == 270
     assert torch.equal(v.pixel_values, out["pixel_values_videos"])
@@ -440,37 +444,37 @@ def test_build_prompt_matches_hf_processor(model_dir, hf_processor, question, sy
 
 
 def test_build_prompt_spec_ids(model_dir):
-    tok = video.load_tokenizer(model_dir)
-    ids = video.build_prompt(tok, "What is happening in this video?", 5)
+    tok = video.load_tokenizer(model_dir, Q25)
+    ids = qwen25vl.prompt_ids(tok, "What is happening in this video?", 5)
     assert ids == ([151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645, 198, 151644, 872, 198, 151652]
                    + [151656] * 5 + [151653, 3838, 374, 12482, 304, 419, 2766, 30, 151645, 198, 151644, 77091, 198])
-    assert len(video.build_prompt(tok, "What is happening in this video?", 4096)) == 21 + 4096 + 7
+    assert len(qwen25vl.prompt_ids(tok, "What is happening in this video?", 4096)) == 21 + 4096 + 7
     with pytest.raises(VideoError, match="video_pad"):
-        video.build_prompt(tok, "sneaky <|video_pad|>", 3)
+        qwen25vl.prompt_ids(tok, "sneaky <|video_pad|>", 3)
 
 
 def test_load_tokenizer_errors(tmp_path):
     with pytest.raises(VideoError, match="tokenizer.json not found"):
-        video.load_tokenizer(tmp_path)
+        video.load_tokenizer(tmp_path, Q25)
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(VideoError, match="cannot read") as e:
-        video.load_tokenizer(tmp_path)
+        video.load_tokenizer(tmp_path, Q25)
     assert "\n" not in str(e.value)
     from tokenizers import Tokenizer, models
     vocab = {"a": 0, "<|im_start|>": 1, "<|im_end|>": 2, "<|vision_start|>": 3, "<|vision_end|>": 4, "[UNK]": 5}
     Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
     with pytest.raises(VideoError, match=r"missing <\|video_pad\|>$"):
-        video.load_tokenizer(tmp_path)
+        video.load_tokenizer(tmp_path, Q25)
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", [qwen25vl, qwen3vl], ids=["qwen2_5_vl", "qwen3_vl"])
 def test_group_frames_undo_the_patches(tmp_path, family):
     """The frames --plot draws are the resized frames the model saw (first of each group), within one level."""
     path = write_clip(tmp_path / "c.mp4", n_frames=12, width=100, height=70, fps=4)
-    v = video.load_video(path, family, min_pixels=64 * 64, max_pixels=128 * 128)
+    v = video.load_video(path, family.FAMILY, min_pixels=64 * 64, max_pixels=128 * 128)
     frames = video.group_frames(v)
     t, gh, gw = v.grid_thw
-    p = video.get_family(family).patch
+    p = family.FAMILY.patch
     assert frames.shape == (t, gh * p, gw * p, 3) and frames.dtype == np.uint8
     with av.open(str(path)) as c:
         decoded = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]

@@ -16,10 +16,15 @@ import av
 import pytest
 import torch
 
+import model as M
+import qwen25vl
+import qwen3vl
 import video
 from clips import write_clip
 from conftest import VIDEO_PAD, VISION_END, VISION_START, oracle3
 from video import VideoError
+
+Q3 = qwen3vl.FAMILY
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 TEMPLATES = {name: open(os.path.join(DATA, f"qwen3vl_{name}.jinja"), encoding="utf-8").read()
@@ -86,7 +91,7 @@ def ref(tmp_path_factory, qwen_tokenizer_json):
 
 @pytest.fixture(scope="session")
 def ours(ref):
-    return {name: video.load_video(ref["paths"][name], "qwen3_vl", **CLIPS[name][1]) for name in CLIPS}
+    return {name: video.load_video(ref["paths"][name], Q3, **CLIPS[name][1]) for name in CLIPS}
 
 
 @pytest.fixture(scope="session")
@@ -105,24 +110,24 @@ def checkpoints(tmp_path_factory, qwen_tokenizer_json):
 
 
 def test_family_constants_are_the_references(ref):
-    c, f = ref["constants"], video.QWEN3_VL
+    c, f = ref["constants"], Q3
     assert (f.patch, f.merge, f.temporal_patch) == (c["patch"], c["merge"], c["temporal_patch"]) == (16, 2, 2)
     assert list(f.mean) == c["mean"] and list(f.std) == c["std"] == [0.5] * 3
-    assert (f.min_tokens, f.max_tokens, f.total_pixels) == (c["min_tokens"], c["max_tokens"], c["total_pixels"])
-    assert (f.fps, f.min_frames, f.max_frames, video.FRAME_FACTOR) == (c["fps"], c["min_frames"], c["max_frames"],
+    assert (f.min_pixels // 1024, f.max_pixels // 1024, f.total_pixels) == (c["min_tokens"], c["max_tokens"], c["total_pixels"])
+    assert (f.fps, f.min_frames, f.max_frames, f.temporal_patch) == (c["fps"], c["min_frames"], c["max_frames"],
                                                                       c["frame_factor"])
     assert (f.factor, f.min_pixels, f.max_pixels, f.total_pixels) == (32, 131072, 786432, 117964800.0)
-    assert video.get_family("qwen3_vl") is video.get_family(f) is f and video.FAMILIES["qwen2_5_vl"] is video.QWEN25_VL
-    assert video.video_pixel_limits(20, family="qwen3_vl") == (131072, 786432)        # n <= 300: the 768-token cap
-    assert video.video_pixel_limits(302, family="qwen3_vl") == (131072, 117964800.0 / 302 * 2)
-    assert video.video_pixel_limits(768, 4096, None, 400000, "qwen3_vl") == (4096, 4300)  # int(min*1.05) floor
+    assert M.family("qwen3_vl").FAMILY is f and M.family("qwen2_5_vl").FAMILY is qwen25vl.FAMILY  # the one registry
+    assert video.video_pixel_limits(20, Q3) == (131072, 786432)        # n <= 300: the 768-token cap
+    assert video.video_pixel_limits(302, Q3) == (131072, 117964800.0 / 302 * 2)
+    assert video.video_pixel_limits(768, Q3, 4096, None, 400000) == (4096, 4300)  # int(min*1.05) floor
 
 
 @pytest.mark.parametrize("name", list(CLIPS))
 def test_load_video_matches_reference(name, ref, ours):
     clip_kw, _, n_expect, hw_expect = CLIPS[name]
     v, r, m = ours[name], ref["videos"][name], ours[name].meta
-    assert m["family"] == v.family == "qwen3_vl"
+    assert m["family"] == "qwen3_vl" and v.family is Q3
     assert m["frames_decoded"] == r["total"] == clip_kw["n_frames"]
     assert m["video_fps"] == r["video_fps"] == float(Fraction(clip_kw["fps"]))
     assert m["frame_indices"] == r["frame_indices"] and m["nframes"] == n_expect
@@ -154,7 +159,7 @@ def test_group_timestamps_matches_processor(ref):
 @pytest.mark.parametrize("i", range(len(PATCHES)))
 def test_frames_to_patches_matches_video_processor(i, ref):
     frames = PATCHES[i]
-    ours, grid = video.frames_to_patches(frames.float(), "qwen3_vl")
+    ours, grid = video.frames_to_patches(frames.float(), Q3)
     theirs, their_grid = ref["patches"][i]
     n, _, h, w = frames.shape
     assert grid == tuple(their_grid) == ((n + 1) // 2, h // 16, w // 16)
@@ -167,7 +172,7 @@ def test_normalization_is_the_fused_one(ref):
     fused, two_step = (v - 127.5) / 127.5, (v / 255 - 0.5) / 0.5
     assert int((fused != two_step).sum()) == 128
     frames = PATCHES[-1]
-    pv, _ = video.frames_to_patches(frames.float(), "qwen3_vl")
+    pv, _ = video.frames_to_patches(frames.float(), Q3)
     assert torch.equal(torch.sort(pv.flatten().unique()).values, fused)
 
 
@@ -179,13 +184,12 @@ def test_normalization_is_the_fused_one(ref):
 def test_build_prompt_matches_processor(name, template, system, question, ref, ours, checkpoints):
     v = ours[name]
     r = ref["videos"][name]["prompts"][[p for p in PROMPTS if p[0] == name].index((name, template, system, question))]
-    tok = video.load_tokenizer(checkpoints[template])
+    tok = video.load_tokenizer(checkpoints[template], Q3)
     thinking = video.thinking_template(checkpoints[template])
-    ids = video.build_prompt(tok, question, v, system, "qwen3_vl", thinking=thinking)
+    ids = qwen3vl.prompt_ids(tok, question, v, system, thinking)
     assert ids == r["ids"]
     t, h, w = v.grid_thw
     assert ids.count(VIDEO_PAD) == v.n_tokens == t * h * w // 4 and ids.count(VISION_START) == t
-    assert ids == video.build_prompt(tok, question, v, system, thinking=thinking)   # family taken from the video
     text = tok.decode(ids, skip_special_tokens=False)
     assert all(f"<{s:.1f} seconds><|vision_start|>" in text for s in v.timestamps)
     assert text.startswith("<|im_start|>user\n" if system is None else f"<|im_start|>system\n{system}<|im_end|>")
@@ -214,14 +218,14 @@ def test_thinking_template_rule(tmp_path):
 
 def test_prompt_ids_by_hand(ours, checkpoints):
     # The layout, written out: no system message, per group "<t seconds>" + vision block, Thinking adds "<think>\n".
-    tok = video.load_tokenizer(checkpoints["thinking"])
+    tok = video.load_tokenizer(checkpoints["thinking"], Q3)
     v = ours["2fps_nframes4"]
     per = v.grid_thw[1] * v.grid_thw[2] // 4
     enc = lambda s: tok.encode(s, add_special_tokens=False).ids  # noqa: E731
     block = lambda s: enc(f"<{s} seconds>") + [VISION_START] + [VIDEO_PAD] * per + [VISION_END]  # noqa: E731
     want = enc("<|im_start|>user\n") + block("0.2") + block("1.8") + enc(Q + "<|im_end|>\n<|im_start|>assistant\n")
-    assert video.build_prompt(tok, Q, v, family="qwen3_vl") == want
-    assert video.build_prompt(tok, Q, v, thinking=True) == want + [151667, 198]        # <think> \n
+    assert qwen3vl.prompt_ids(tok, Q, v) == want
+    assert qwen3vl.prompt_ids(tok, Q, v, thinking=True) == want + [151667, 198]        # <think> \n
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -231,33 +235,30 @@ def test_max_pixels_below_minimum_is_refused(ref):
     for name, kw in REFUSED.items():
         assert ref["errors"][name].startswith("AssertionError")        # the reference fails there too
         with pytest.raises(VideoError, match=f"max_pixels={kw['max_pixels']} is below min_pixels=131072") as e:
-            video.load_video(ref["paths"]["ntsc_97x61"], "qwen3_vl", **kw)
+            video.load_video(ref["paths"]["ntsc_97x61"], Q3, **kw)
         assert "\n" not in str(e.value)
     with pytest.raises(VideoError, match="below min_pixels=200000"):
-        video.load_video("/nonexistent.mp4", "qwen3_vl", min_pixels=200000, max_pixels=150000)  # checked before reading
+        video.load_video("/nonexistent.mp4", Q3, min_pixels=200000, max_pixels=150000)  # checked before reading
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda v, tok: video.load_video("x.mp4", "qwen3"), "unknown model family 'qwen3'"),
-    (lambda v, tok: video.build_prompt(tok, Q, 100, family="qwen3_vl"), "needs the Video"),
-    (lambda v, tok: video.build_prompt(tok, Q, v, family="qwen2_5_vl"), "qwen3_vl video cannot go in a qwen2_5_vl"),
-    (lambda v, tok: video.build_prompt(tok, Q, 100, thinking=True), "Qwen2.5-VL has no Thinking"),
-    (lambda v, tok: video.build_prompt(tok, "a <|video_pad|> b", v), "must not contain <|video_pad|>"),
-    (lambda v, tok: video.build_prompt(tok, Q, video.Video(v.pixel_values, v.grid_thw, 1.0, {}, (), "qwen3_vl")),
+    (lambda v, tok: qwen3vl.prompt_ids(tok, "a <|video_pad|> b", v), "must not contain <|video_pad|>"),
+    (lambda v, tok: qwen3vl.prompt_ids(tok, Q, v, "<|video_pad|>"), "must not contain <|video_pad|>"),
+    (lambda v, tok: qwen3vl.prompt_ids(tok, Q, video.Video(v.pixel_values, v.grid_thw, 1.0, {}, (), Q3)),
      "0 timestamps for 2 temporal groups"),
 ])
 def test_bad_requests_raise_video_error(call, match, ours, checkpoints):
     with pytest.raises(VideoError, match=match) as e:
-        call(ours["ntsc_97x61"], video.load_tokenizer(checkpoints["instruct"]))
+        call(ours["ntsc_97x61"], video.load_tokenizer(checkpoints["instruct"], Q3))
     assert "\n" not in str(e.value)
 
 
 def test_thinking_needs_the_think_token(ours, tmp_path):
     from tokenizers import Tokenizer, models
-    vocab = {t: i for i, t in enumerate(["[UNK]", *video.SPECIAL_TOKENS, "<", ">"])}
+    vocab = {t: i for i, t in enumerate(["[UNK]", *Q3.special_tokens, "<", ">"])}
     Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
     with pytest.raises(VideoError, match="no <think> token"):
-        video.build_prompt(video.load_tokenizer(tmp_path), Q, ours["ntsc_97x61"], thinking=True)
+        qwen3vl.prompt_ids(video.load_tokenizer(tmp_path, Q3), Q, ours["ntsc_97x61"], thinking=True)
 
 
 def test_only_picked_frames_are_converted(tmp_path, monkeypatch):
@@ -265,4 +266,4 @@ def test_only_picked_frames_are_converted(tmp_path, monkeypatch):
     path = write_clip(str(tmp_path / "m.mp4"), 200, 64, 48, 30)
     calls, real = [], av.VideoFrame.to_ndarray
     monkeypatch.setattr(av.VideoFrame, "to_ndarray", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
-    assert video.load_video(path, "qwen3_vl").meta["nframes"] == len(calls) == 12
+    assert video.load_video(path, Q3).meta["nframes"] == len(calls) == 12

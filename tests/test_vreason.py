@@ -33,17 +33,20 @@ def tiny(request, ckpt, qwen3):
     return M.load_model(checkpoint(request.param, ckpt, qwen3))
 
 
-def prepared(model, grid, spg, seed=0):  # a chat-shaped prompt around one video, laid out as the model's family does
+def prepared(model, grid, spg, seed=0):
+    """A chat-shaped prompt around one video, laid out as the model's family lays it out (its cases module), with
+    the family's own positions for it: (Prepared, ids, pixels)."""
     import qwen3_cases
-    import qwen3vl as Q3
-    import test_generate
+    import test_model
 
-    if model.c.model_type == "qwen2_5_vl":
-        return test_generate.prepared(model, grid, spg, seed)
-    ids, px = qwen3_cases.prompt(grid, seed), qwen3_cases.pixels(grid, seed)
+    cases = {"qwen2_5_vl": (lambda g, s: test_model.prompt(g[0] * g[1] * g[2] // 4, seed=s), test_model.pixels),
+             "qwen3_vl": (qwen3_cases.prompt, qwen3_cases.pixels)}
+    prompt, pixels = cases[model.c.model_type]
+    ids, px = prompt(grid, seed), pixels(grid, seed)
+    video = V.Video(px, grid, spg, {}, family=model.family)
     with torch.no_grad():
-        visual = model.encode_video(V.Video(px, grid, None, {}))
-    return R.Prepared(torch.tensor(ids), Q3.rope_index(ids, [grid], model.c), visual, None, 0.0), ids, px
+        visual = model.encode_video(video)
+    return R.Prepared(torch.tensor(ids), model.positions(ids, video), visual, video, 0.0), ids, px
 
 
 def tokens(model, prep, **kw):
@@ -53,7 +56,7 @@ def tokens(model, prep, **kw):
 def prefilled(model, prep, decode=2):
     """Cache after prefill and `decode` greedy steps. Returns the cache, the current row's input to the last layer,
     its position and its token."""
-    cache = M.KVCache.empty(model.c, len(prep.ids) + decode + 1, "cpu", model.dtype)
+    cache = model.new_cache(len(prep.ids) + decode + 1)
     with torch.no_grad():
         logits, h_in = model.prefill(prep.ids, prep.pos, prep.visual, cache)
         pos, token = prep.pos[:, -1:], prep.ids[-1:]
@@ -275,20 +278,22 @@ def test_next_step_is_queued_before_this_one_is_read(tiny, monkeypatch):
 def test_prune_keeps_largest_value_norms(tiny, policy):
     prep = prepared(tiny, (2, 12, 20), 1.0)[0]
     cache = prefilled(tiny, prep, decode=1)[0]
-    before = M.KVCache([k.clone() for k in cache.k], [v.clone() for v in cache.v], cache.length)
+    clone = lambda xs: [x if x is None else x.clone() for x in xs]
+    before = M.Cache(clone(cache.k), clone(cache.v), [s and clone(s) for s in cache.state], cache.length)
     rows = R.video_rows(tiny, prep.ids)
-    n, T0, L = len(rows), cache.length, tiny.c.n_layers
+    n, T0, layers = len(rows), cache.length, cache.kv_layers  # (a hybrid's linear layers keep no rows to prune)
     new_rows, kept = R.prune(cache, rows, 0.5, policy)
-    assert len(new_rows) == n - n // 2 and cache.length == T0 - n // 2 and kept.shape == (L, n)
-    for i in range(L):
+    assert len(new_rows) == n - n // 2 and cache.length == T0 - n // 2 and kept.shape == (len(layers), n)
+    for j, i in enumerate(layers):
         score = before.v[-1 if policy == "last-layer" else i][:, rows].norm(dim=-1).mean(0)
-        assert int(kept[i].sum()) == n - n // 2 and score[kept[i]].min() >= score[~kept[i]].max()
+        assert int(kept[j].sum()) == n - n // 2 and score[kept[j]].min() >= score[~kept[j]].max()
         alive = torch.ones(T0, dtype=torch.bool)  # the compacted cache: every old row but the dropped ones, in order
-        alive[rows[~kept[i]]] = False
+        alive[rows[~kept[j]]] = False
         for new, old in ((cache.k[i], before.k[i]), (cache.v[i], before.v[i])):
             assert torch.equal(new[:, : cache.length], old[:, :T0][:, alive])
     assert torch.equal(cache.v[-1][:, new_rows], before.v[-1][:, rows[kept[-1]]])  # where the controller's rows went
     assert torch.equal(kept[0], kept[-1]) == (policy == "last-layer")
+    assert all(torch.equal(a, b) for s, t in zip(cache.state, before.state) if s for a, b in zip(s, t))  # fixed states kept
 
 
 def test_pruned_decoding_equals_masked_full_forward(tiny):
@@ -296,7 +301,7 @@ def test_pruned_decoding_equals_masked_full_forward(tiny):
     video keys (the prompt was prefilled on the whole video, exactly as Lite does it)."""
     prep = prepared(tiny, (2, 12, 20), 1.0)[0]
     steps = 5
-    cache = M.KVCache.empty(tiny.c, len(prep.ids) + steps, "cpu", torch.float32)
+    cache = tiny.new_cache(len(prep.ids) + steps)
     rows = R.video_rows(tiny, prep.ids)
     with torch.no_grad():
         logits, _ = tiny.prefill(prep.ids, prep.pos, prep.visual, cache)
@@ -313,8 +318,11 @@ def test_pruned_decoding_equals_masked_full_forward(tiny):
         h = tiny.embed(ids, prep.visual)
         cos, sin = tiny.rope(pos, h.dtype)
         for i, layer in enumerate(tiny.llm.layers):
+            if not layer.holds_kv:  # linear attention: nothing pruned, every token is in its state
+                h = layer(h, layer.new_state(h.dtype), prefill=True)
+                continue
             mask = torch.ones(S, S).tril().bool()
-            mask[P:, rows[~kept[i]]] = False
+            mask[P:, rows[~kept[cache.kv_layers.index(i)]]] = False
             q, k, v = layer.project(h, cos[None], sin[None])
             h = layer.finish(h, q, k, v, mask)
             if i < len(prep.visual.deepstack):
@@ -395,7 +403,7 @@ def test_cli_outputs(model_dir, clip, tmp_path, capsys):  # noqa: F811
 def test_video_maps_follow_the_tokens(tiny):
     """The maps put token i of the prompt at (t, row, col) of the merged grid, and the angles equal the controller's."""
     prep = prepared(tiny, (2, 12, 20), 1.0)[0]
-    prep.video = V.Video(None, (2, 12, 20), 1.0, {}, (0.0, 1.0), tiny.c.model_type)
+    prep.video = V.Video(None, (2, 12, 20), 1.0, {}, (0.0, 1.0), tiny.family)
     info = {}
     list(R.generate(tiny, prep, R.Settings(mode="lite", max_new_tokens=4, lr=0.1), set(), info))
     (_, kept, *_), (_, layers, *_), (_, angle, *_) = C.video_maps(info, prep.video)
