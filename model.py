@@ -545,6 +545,7 @@ class VideoLM(nn.Module):
 
     family = None  # the family's video.Family: its preprocessing, special and stop tokens
     prefixes = ()  # its checkpoint key prefixes: (old, new) pairs (checkpoint_name)
+    ignored = ()  # checkpoint keys it does not use, by prefix (as transformers ignores them on load)
     thinking = False  # the prompt opens the answer with <think> (read_template decides; a family may let you choose)
     compiled = cuda_graphs = False  # set by compile_decode()
 
@@ -864,6 +865,8 @@ def load_model(model_dir, device="cpu", dtype=torch.float32, device_map=None, pr
         try:
             with safe_open(path, framework="pt", device="cpu") as f:
                 for key in f.keys():
+                    if key.startswith(model.ignored):
+                        continue
                     name = checkpoint_name(key, model.prefixes)
                     if name not in layout:  # (a tied checkpoint's stored lm_head copy is ignored)
                         unexpected += [] if c.tie_word_embeddings and name == "lm_head.weight" else [key]

@@ -210,12 +210,15 @@ def group_timestamps(frame_indices, video_fps: float, group: int = 2) -> list[fl
 
 # ----------------------------------------------------------------------------- pixels
 
-def _resize(rgb: np.ndarray, hb: int, wb: int) -> torch.Tensor:
-    """[H, W, 3] uint8 -> [3, hb, wb] uint8, bit-identical to torchvision's uint8 BICUBIC antialias."""
+def _resize(rgb: np.ndarray, hb: int, wb: int, native: bool = False) -> torch.Tensor:
+    """[H, W, 3] uint8 -> [3, hb, wb] uint8, bicubic with antialias, bit-identical to the reference's resize:
+    qwen-vl-utils' torchvision.transforms.functional.resize goes through float32 and rounds back; the 5.x processor's
+    transforms.v2 resize (native=True) interpolates the uint8 tensor itself, which differs from that by up to 25 levels."""
     x = torch.from_numpy(rgb).permute(2, 0, 1)
     if x.shape[1:] == (hb, wb):
         return x.clone()           # torchvision returns same-size input untouched; clone drops the decoder buffer
-    # Resizing the uint8 tensor directly differs by up to 25 levels; the float path rounded back matches exactly.
+    if native:
+        return F.interpolate(x[None].contiguous(), (hb, wb), mode="bicubic", antialias=True, align_corners=False)[0]
     y = F.interpolate(x.float()[None], (hb, wb), mode="bicubic", antialias=True, align_corners=False)[0]
     return y.round().clamp(0, 255).to(torch.uint8)
 
@@ -334,7 +337,7 @@ def load_video(path, fam: Family, fps: float | None = None, nframes: int | None 
         nonlocal next_pick
         progress(total + i + 1, 2 * total)
         if next_pick < n and idx[next_pick] == i:
-            small = _resize(frame.to_ndarray(format="rgb24"), hb, wb)  # [3, hb, wb] uint8
+            small = _resize(frame.to_ndarray(format="rgb24"), hb, wb, fam.sampler == "processor")  # [3, hb, wb] uint8
             while next_pick < n and idx[next_pick] == i:              # a repeated index reuses the frame
                 kept.append(small)
                 next_pick += 1
