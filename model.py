@@ -22,7 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 # The one registry of families: config.json model_type -> the family's module (PORTING.md: a port adds a line here)
-FAMILIES = {"qwen2_5_vl": "qwen25vl", "qwen3_vl": "qwen3vl"}
+FAMILIES = {"qwen2_5_vl": "qwen25vl", "qwen3_vl": "qwen3vl", "qwen3_5": "qwen35"}
 
 
 class ModelError(ValueError):

