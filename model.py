@@ -169,7 +169,8 @@ class Config:
             n_heads=n_heads, n_kv_heads=t.get("num_key_value_heads"), head_dim=head_dim,
             intermediate_size=t.get("intermediate_size"), rms_norm_eps=t.get("rms_norm_eps", float), rope_theta=theta,
             rotary_dim=rotary_dim, mrope_section=section, rope_axis=rope_axis(section, interleaved),
-            attn_bias=t.get("attention_bias", bool, bias), qk_norm=qk_norm, attn_gate=attn_gate,
+            attn_bias=t.get("attention_bias", bool, bias), qk_norm=qk_norm,
+            attn_gate=t.get("attn_output_gate", bool, attn_gate),
             zero_centred_norms=zero_centred,
             # the text config's flag wins where there is one (transformers reads get_text_config().tie_word_embeddings)
             tie_word_embeddings=t.get("tie_word_embeddings", bool, False),
