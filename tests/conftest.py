@@ -138,8 +138,11 @@ def oracle35(script, *args, timeout=900):  # Qwen3.5's: transformers 5.23.0 over
 def qwen3(tmp_path_factory):
     """Tiny Qwen3-VL checkpoints written by transformers 4.57.6 (save_pretrained: untied + sharded, tied + one file)
     and the oracle's outputs on the cases of qwen3_cases.py: {"dir": {name: path}, "ref": {name: {...}}}."""
-    out = tmp_path_factory.mktemp("qwen3")
-    oracle3("oracle3_model.py", out)
+    return oracle_checkpoints(tmp_path_factory.mktemp("qwen3"), oracle3, "oracle3_model.py")
+
+
+def oracle_checkpoints(out, run, script):  # what a model oracle wrote into out: {"dir": {name: path}, "ref": {...}}
+    run(script, out)
     ref = torch.load(out / "reference.pt", weights_only=False)
     return {"dir": {name: str(out / name) for name in ref}, "ref": ref}
 
@@ -148,10 +151,7 @@ def qwen3(tmp_path_factory):
 def qwen35(tmp_path_factory):
     """Tiny Qwen3.5 checkpoints written by transformers 5.23.0 (save_pretrained: untied + sharded, tied + one file)
     and the oracle's outputs on the cases of qwen35_cases.py: {"dir": {name: path}, "ref": {name: {...}}}."""
-    out = tmp_path_factory.mktemp("qwen35")
-    oracle35("oracle35_model.py", out)
-    ref = torch.load(out / "reference.pt", weights_only=False)
-    return {"dir": {name: str(out / name) for name in ref}, "ref": ref}
+    return oracle_checkpoints(tmp_path_factory.mktemp("qwen35"), oracle35, "oracle35_model.py")
 
 
 @pytest.fixture(scope="session")
@@ -161,3 +161,33 @@ def qwen35_tokenizer_json(tmp_path_factory):
     import make_qwen35_tokenizer
 
     return make_qwen35_tokenizer.write(str(tmp_path_factory.mktemp("qwen35_tok")))
+
+
+def tiny_eval(model_dir, clip, tmp_path, *flags):
+    """eval.py on a two-entry multiple-choice benchmark over one clip, every mode, 4 new tokens -> its records."""
+    import eval as E
+
+    data = tmp_path / "eval_tiny.jsonl"
+    rows = [dict(problem_id=i, problem=f"Which {i}? ", options=["A. a", "B. b"], solution="<answer>A</answer>",
+                 problem_type="multiple choice", path=os.path.basename(clip)) for i in range(2)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    assert E.main(["--data", str(data), "--video-root", os.path.dirname(clip), "--out", str(out), "--model", model_dir,
+                   "--max-new-tokens", "4", *flags]) == 0
+    return [json.loads(x) for x in open(out / "records.jsonl")]
+
+
+def rekeyed(src, dst, extra=None):
+    """The same weights under the other key era (visual.*, model.*) in one file, plus `extra` tensors."""
+    from safetensors.torch import load_file, save_file
+
+    dst.mkdir()
+    sd = {}
+    for f in os.listdir(src):
+        if f.endswith(".safetensors"):
+            sd.update(load_file(os.path.join(src, f)))
+    ren = {("visual." + k[len("model.visual."):] if k.startswith("model.visual.") else
+            "model." + k[len("model.language_model."):] if k.startswith("model.language_model.") else k): v for k, v in sd.items()}
+    save_file({**ren, **(extra or {})}, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    shutil.copy(os.path.join(src, "config.json"), dst / "config.json")
+    return str(dst)

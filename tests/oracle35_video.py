@@ -14,17 +14,16 @@ For comparison ("qvu") the Qwen3-VL recipe is run too: qwen-vl-utils 0.0.14 proc
 with torchvision's PyAV reader stood in for (read_video below, the same stand-in as tests/oracle3_video.py), then the
 same processor with do_resize=False, do_sample_frames=False. Every case of a session is answered in this one process.
 """
-import math
 import os
 import sys
 from functools import partial
 
 os.environ["FORCE_QWENVL_VIDEO_READER"] = "torchvision"   # read at import time; pins the backend we stand in for
 
-import av  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchvision.io  # noqa: E402
+
+import pyav_reader  # noqa: E402
 from qwen_vl_utils import vision_process as qvu  # noqa: E402
 from transformers import Qwen2VLImageProcessor, Qwen3_5Tokenizer, Qwen3VLProcessor, Qwen3VLVideoProcessor  # noqa: E402
 from transformers.video_utils import load_video  # noqa: E402
@@ -36,30 +35,7 @@ VIDEO_CONFIG = dict(size={"shortest_edge": 4096, "longest_edge": 25165824}, patc
                     do_sample_frames=True)
 
 
-def read_video(filename, start_pts=0, end_pts=None, pts_unit="pts", output_format="THWC"):
-    """What torchvision.io.read_video(pts_unit="sec") returned with its PyAV backend (torchvision <= 0.23), as in
-    tests/oracle3_video.py: every frame of the first video stream, by pts, sorted; info["video_fps"] = average_rate."""
-    assert pts_unit == "sec" and start_pts == 0 and end_pts is None, "qwen-vl-utils calls it this way only"
-    frames, info = {}, {}
-    with av.open(filename, metadata_errors="ignore") as container:
-        if container.streams.video:
-            stream = container.streams.video[0]
-            try:
-                container.seek(0, any_frame=False, backward=True, stream=stream)
-                for frame in container.decode(video=0):
-                    frames[frame.pts] = frame.to_ndarray(format="rgb24")
-            except av.FFmpegError:
-                pass
-            if stream.average_rate is not None:
-                info["video_fps"] = float(stream.average_rate)
-    kept = [frames[pts] for pts in sorted(frames) if 0 <= pts <= math.inf]
-    video = torch.as_tensor(np.stack(kept)) if kept else torch.empty((0, 1, 1, 3), dtype=torch.uint8)
-    if output_format == "TCHW":
-        video = video.permute(0, 3, 1, 2)
-    return video, torch.empty((1, 0)), info
-
-
-torchvision.io.read_video = read_video   # qwen-vl-utils calls it as io.read_video (`from torchvision import io`)
+torchvision.io.read_video = pyav_reader.read_video   # qwen-vl-utils calls it as io.read_video (`from torchvision import io`)
 
 
 def processors(tokenizer_json, templates):

@@ -2,53 +2,28 @@
 4.57.6, qwen-vl-utils 0.0.14, torchvision 0.29.1). Usage: oracle3_video.py CASES.pt OUT.pt
 
 Everything is the reference's own code except one piece: torchvision 0.29 dropped torchvision.io.read_video, which
-qwen-vl-utils' torchvision backend calls. read_video below stands in for it, decoding the way torchvision's PyAV
+qwen-vl-utils' torchvision backend calls. tests/pyav_reader.read_video stands in for it, decoding the way torchvision's PyAV
 backend did (every frame of the first video stream, kept by pts, sorted); qwen-vl-utils then does the rest itself
 (smart_nframes, frame indices, sample fps, video metadata, smart_resize with image_patch_size=16, the bicubic
 antialias resize), and the real Qwen3VLProcessor / Qwen3VLVideoProcessor expand the prompt and make the pixels, called
 as Qwen's README does. Every case of a test session is answered in this one process (the interpreter starts slowly).
 """
-import math
 import os
 import sys
 
 os.environ["FORCE_QWENVL_VIDEO_READER"] = "torchvision"   # read at import time; pins the backend we stand in for
 
-import av  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchvision.io  # noqa: E402
+
+import pyav_reader  # noqa: E402
 from qwen_vl_utils import vision_process as qvu  # noqa: E402
 from transformers import Qwen2TokenizerFast, Qwen3VLProcessor  # noqa: E402
 from transformers.models.qwen2_vl.image_processing_qwen2_vl_fast import Qwen2VLImageProcessorFast  # noqa: E402
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor  # noqa: E402
 
 
-def read_video(filename, start_pts=0, end_pts=None, pts_unit="pts", output_format="THWC"):
-    """What torchvision.io.read_video(pts_unit="sec") returned with its PyAV backend (torchvision <= 0.23): seek to
-    the start, decode the first video stream, keep frames by pts within [start, end], sorted by pts; decoding errors
-    end the read silently; info["video_fps"] = float(average_rate). Audio is not read (qwen-vl-utils drops it)."""
-    assert pts_unit == "sec" and start_pts == 0 and end_pts is None, "qwen-vl-utils calls it this way only"
-    frames, info = {}, {}
-    with av.open(filename, metadata_errors="ignore") as container:
-        if container.streams.video:
-            stream = container.streams.video[0]
-            try:
-                container.seek(0, any_frame=False, backward=True, stream=stream)
-                for frame in container.decode(video=0):
-                    frames[frame.pts] = frame.to_ndarray(format="rgb24")
-            except av.FFmpegError:
-                pass
-            if stream.average_rate is not None:
-                info["video_fps"] = float(stream.average_rate)
-    kept = [frames[pts] for pts in sorted(frames) if 0 <= pts <= math.inf]
-    video = torch.as_tensor(np.stack(kept)) if kept else torch.empty((0, 1, 1, 3), dtype=torch.uint8)
-    if output_format == "TCHW":
-        video = video.permute(0, 3, 1, 2)
-    return video, torch.empty((1, 0)), info
-
-
-torchvision.io.read_video = read_video   # qwen-vl-utils calls it as io.read_video (`from torchvision import io`)
+torchvision.io.read_video = pyav_reader.read_video   # qwen-vl-utils calls it as io.read_video (`from torchvision import io`)
 
 
 def processors(tokenizer_json, templates):

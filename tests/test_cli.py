@@ -262,7 +262,7 @@ BAD_MODEL_DIRS = {
     "config.json a JSON list": (lambda d: (d / "config.json").write_text("[1, 2]"),
                                 "{d}/config.json: expected a JSON object (a Hugging Face config.json), found a JSON list"),
     "another model type": (lambda d: _set_config(d, model_type="qwen2_vl"),
-                           "{d}/config.json: model_type is 'qwen2_vl'; supported: 'qwen2_5_vl', 'qwen3_vl' (Qwen2.5-VL, Qwen3-VL)"),
+                           "{d}/config.json: model_type is 'qwen2_vl'; supported: 'qwen2_5_vl', 'qwen3_vl', 'qwen3_5' (Qwen2.5-VL, Qwen3-VL, Qwen3.5)"),
     "a size as a string": (lambda d: _set_text(d, hidden_size="64"),
                            "{d}/config.json: {t}hidden_size is '64', expected a positive integer below 2**31"),
     "a size of 0": (lambda d: _set_text(d, num_hidden_layers=0),

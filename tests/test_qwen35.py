@@ -9,11 +9,10 @@ import shutil
 
 import pytest
 import torch
-from conftest import rel_diff
+from conftest import rekeyed, rel_diff, tiny_eval
 from qwen35_cases import GENERATE, GRIDS, LOGITS, POSITIONS, STOP, as_list, continuation, pixels, prompt
 
 import cli as C
-import eval as E
 import model as M
 import qwen35 as Q35
 import qwen3vl as Q3
@@ -118,22 +117,6 @@ def test_greedy_matches_generate(models, qwen35, grids, n, q_len):
     assert mine == ref
 
 
-def rekeyed(src, dst, extra=None):
-    """The same weights under the other key era (visual.*, model.*) in one file, plus `extra` tensors."""
-    from safetensors.torch import load_file, save_file
-
-    dst.mkdir()
-    sd = {}
-    for f in os.listdir(src):
-        if f.endswith(".safetensors"):
-            sd.update(load_file(os.path.join(src, f)))
-    ren = {("visual." + k[len("model.visual."):] if k.startswith("model.visual.") else
-            "model." + k[len("model.language_model."):] if k.startswith("model.language_model.") else k): v for k, v in sd.items()}
-    save_file({**ren, **(extra or {})}, str(dst / "model.safetensors"), metadata={"format": "pt"})
-    shutil.copy(os.path.join(src, "config.json"), dst / "config.json")
-    return str(dst)
-
-
 def test_other_key_prefixes_and_mtp_weights_load_the_same(qwen35, tmp_path):
     """The other key era in one unsharded file loads identically; the released checkpoints' multi-token-prediction
     weights (mtp.*), which transformers drops, are skipped too."""
@@ -218,14 +201,7 @@ def test_cli_runs_qwen35_in_every_mode(q35_dir, q35_clip, tmp_path, capsys):
 
 
 def test_eval_runs_qwen35(q35_dir, q35_clip, tmp_path):
-    data = tmp_path / "eval_tiny.jsonl"
-    rows = [dict(problem_id=i, problem=f"Which {i}? ", options=["A. a", "B. b"], solution="<answer>A</answer>",
-                 problem_type="multiple choice", path=os.path.basename(q35_clip)) for i in range(2)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = tmp_path / "run"
-    assert E.main(["--data", str(data), "--video-root", os.path.dirname(q35_clip), "--out", str(out), "--model", q35_dir,
-                   "--max-new-tokens", "4"]) == 0
-    recs = [json.loads(x) for x in open(out / "records.jsonl")]
+    recs = tiny_eval(q35_dir, q35_clip, tmp_path)
     assert len(recs) == 6 and not any(r["error"] for r in recs)
     assert {r["mode"]: r["video_tokens_kept"] for r in recs if r["id"] == "0"}["lite"] < recs[0]["video_tokens"]
 

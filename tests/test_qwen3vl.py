@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import rel_diff
+from conftest import rekeyed, rel_diff, tiny_eval
 from qwen3_cases import GENERATE, GRIDS, LOGITS, STOP, pixels, prompt
 
 import model as M
@@ -96,19 +96,9 @@ def test_tied_head_keeps_one_table(models):
 
 def test_other_key_prefixes_and_shards_load_the_same(qwen3, tmp_path):
     """The same weights under the other key era (visual.*, model.*) in one unsharded file load identically."""
-    from safetensors.torch import load_file, save_file
-
-    src, dst = qwen3["dir"]["untied"], tmp_path / "rekeyed"
-    dst.mkdir()
-    sd = {}
-    for f in os.listdir(src):
-        if f.endswith(".safetensors"):
-            sd.update(load_file(os.path.join(src, f)))
-    ren = {("visual." + k[len("model.visual."):] if k.startswith("model.visual.") else
-            "model." + k[len("model.language_model."):] if k.startswith("model.language_model.") else k): v for k, v in sd.items()}
-    save_file(ren, str(dst / "model.safetensors"), metadata={"format": "pt"})
-    shutil.copy(os.path.join(src, "config.json"), dst / "config.json")
-    a, b = M.load_model(src), M.load_model(str(dst))
+    src = qwen3["dir"]["untied"]
+    dst = rekeyed(src, tmp_path / "rekeyed")
+    a, b = M.load_model(src), M.load_model(dst)
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
@@ -180,16 +170,7 @@ def test_cli_runs_qwen3vl_in_every_mode(q3_dirs, q3_clip, tmp_path, capsys, kind
 
 
 def test_eval_runs_qwen3vl_with_its_defaults(q3_dirs, q3_clip, tmp_path):
-    import eval as E
-
-    data = tmp_path / "eval_tiny.jsonl"
-    rows = [dict(problem_id=i, problem=f"Which {i}? ", options=["A. a", "B. b"], solution="<answer>A</answer>",
-                 problem_type="multiple choice", path=os.path.basename(q3_clip)) for i in range(2)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = tmp_path / "run"
-    assert E.main(["--data", str(data), "--video-root", os.path.dirname(q3_clip), "--out", str(out), "--model",
-                   q3_dirs["instruct"], "--max-new-tokens", "4"]) == 0
-    recs = [json.loads(x) for x in open(out / "records.jsonl")]
+    recs = tiny_eval(q3_dirs["instruct"], q3_clip, tmp_path)
     assert len(recs) == 6 and not any(r["error"] for r in recs)
     assert all(r["settings"]["max_pixels"] == 128 * 32 * 32 and r["settings"]["max_frames"] == 16 for r in recs)
     assert {r["mode"]: r["video_tokens_kept"] for r in recs if r["id"] == "0"}["lite"] < recs[0]["video_tokens"]
