@@ -236,7 +236,7 @@ def choose(logits, s, seen, gen):
 def start(model, prep, s, info):
     """What both loops do before the first token: prefill a fresh cache, prune it (Lite), make the controller.
     Returns the prefill's logits and last-layer input, the cache, the controller (None when nothing is steered) and
-    which video tokens each layer kept [n_layers, N]; `info` receives the cache's figures."""
+    which video tokens each K/V layer kept [len(cache.kv_layers), N]; `info` receives the cache's figures."""
     cache = model.new_cache(len(prep.ids) + s.max_new_tokens)
     with torch.no_grad():
         logits, h_in = model.prefill(prep.ids, prep.pos, prep.visual, cache)
