@@ -22,10 +22,16 @@ class Config(M.Config):
     def from_json(cls, path):
         """An official config.json (flat, `rope_scaling`) or a newer nested one (`text_config`, `rope_parameters`)."""
         common, v = M.Config.read(path, "qwen2_5_vl", interleaved=False, qk_norm=False, bias=True,
-                                  vision_act="silu")
+                                  vision_act="silu", legacy_yarn=True)
         c = cls(**common, window_size=v.get("window_size"), fullatt_blocks=v.ints("fullatt_block_indexes"),
                 tokens_per_second=v.get("tokens_per_second", float))
         c.check(path)
+        # the reference (4.51.3) builds q/k/v with biases and heads of hidden_size / num_attention_heads whatever the
+        # file says: a file that says otherwise describes another model
+        if not c.attn_bias or c.head_dim * c.n_heads != c.hidden_size:
+            key = "attention_bias false" if not c.attn_bias else f"head_dim {c.head_dim}"
+            raise M.ModelError(f"{path}: {key} does not fit Qwen2.5-VL, whose attention has q/k/v biases and heads of "
+                               f"hidden_size / num_attention_heads")
         if c.window_size < c.merge_size * c.patch_size:  # the window in merged tokens would be 0
             raise M.ModelError(f"{path}: vision_config.window_size {c.window_size} is under one merged token "
                                f"({c.merge_size * c.patch_size} pixels)")
