@@ -33,13 +33,9 @@ class ModelError(ValueError):
 
 def read_json(path, what="a JSON object"):
     """A JSON file that must hold an object; any failure is a one-line ModelError naming the file."""
+    text = video.read_text(path, ModelError)
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except OSError as e:
-        raise ModelError(f"cannot read {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:  # (a ValueError too: first)
-        raise ModelError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        raw = json.loads(text)
     except json.JSONDecodeError as e:
         raise ModelError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg})") from None
     if not isinstance(raw, dict):
@@ -244,7 +240,7 @@ def read_yarn(path, rope, name, interleaved, legacy, max_positions):
     if kind not in ("default", "yarn"):
         raise ModelError(f"{path}: {where}rope_type {kind!r} is not implemented (implemented: 'default' M-RoPE, 'yarn')")
     if rope.get("mrope_interleaved", bool, interleaved) != interleaved:  # its reference would ignore the key
-        raise ModelError(f"{path}: {where}mrope_interleaved is {not interleaved}, but {name}'s M-RoPE is "
+        raise ModelError(f"{path}: {where}mrope_interleaved is {str(not interleaved).lower()}, but {name}'s M-RoPE is "
                          f"{'interleaved' if interleaved else 'sectioned'}")
     if rope.get("partial_rotary_factor", float, 1.0) != 1:
         raise ModelError(f"{path}: {where}partial_rotary_factor {rope.d['partial_rotary_factor']} is not implemented "
@@ -768,10 +764,18 @@ def weight_files(model_dir):
         shards = ["model.safetensors"]
     else:
         raise ModelError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
-    missing = [s for s in shards if not os.path.isfile(os.path.join(model_dir, s))]
+    missing = [s for s in shards if not os.path.exists(os.path.join(model_dir, s))]
     if missing:
         raise ModelError(f"{model_dir}: missing weight shard(s): {', '.join(missing)}")
-    return [os.path.join(model_dir, s) for s in shards]
+    paths = [os.path.join(model_dir, s) for s in shards]
+    for path in paths:  # each opened (not read) now: one that cannot be read says why before a weight is read
+        try:
+            if video.not_regular(path):
+                raise OSError(0, video.not_regular(path))
+            os.close(os.open(path, os.O_RDONLY))
+        except OSError as e:
+            raise ModelError(f"cannot read weight shard {path}: {e.strerror}") from None
+    return paths
 
 
 def placement(name, c, device, device_map):

@@ -25,7 +25,13 @@ MIN_PIXELS, MAX_PIXELS, MAX_RATIO = 4 * 28 * 28, 16384 * 28 * 28, 200
 FRAME_FACTOR = 2                                  # = temporal_patch_size: frames go to the ViT in pairs
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>")
+SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>")
+# The vision tokens: only the prompt itself places them. The tokenizer reads each as its special token wherever the
+# text holds it, and a stray one in a question would open, close or fill a visual block the positions do not have.
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+# config.json's ids of the special tokens the positions are computed from, and the token each must be
+CONFIG_TOKENS = {"video_token_id": "<|video_pad|>", "image_token_id": "<|image_pad|>",
+                 "vision_start_token_id": "<|vision_start|>"}
 THINK_OPEN = "<think>\n"                          # what a Thinking template's generation prompt adds
 
 
@@ -328,42 +334,86 @@ def load_video(path, family="qwen2_5_vl", fps: float | None = None, nframes: int
 
 # ----------------------------------------------------------------------------- prompt
 
-def load_tokenizer(model_dir) -> Tokenizer:
-    path = os.path.join(os.fspath(model_dir), "tokenizer.json")
-    if not os.path.isfile(path):
-        raise VideoError(f"tokenizer.json not found in {model_dir}")
+def not_regular(path):
+    """Why `path` is no file to read: a directory, or another non-regular file (a FIFO, on which open would wait for a
+    writer); None for a regular file (and for a missing path, which open reports)."""
+    if os.path.isfile(path) or not os.path.lexists(path):
+        return None
+    return "Is a directory" if os.path.isdir(path) else "not a regular file"
+
+
+def read_text(path, error=None) -> str:
+    """A text file of the model directory; a file that cannot be read (a directory, no permission) or is not UTF-8 is
+    a one-line `error` (VideoError by default) naming it, never a traceback."""
+    if not_regular(path):
+        raise (error or VideoError)(f"cannot read {path}: {not_regular(path)}")
     try:
-        tok = Tokenizer.from_file(path)
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise (error or VideoError)(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise (error or VideoError)(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
+def load_tokenizer(model_dir, config=None) -> Tokenizer:
+    """The checkpoint's tokenizer.json, with the Qwen VL special tokens. Given the checkpoint's config (model.Config),
+    its special-token ids are checked against the tokenizer too: a config and a tokenizer of two checkpoints would
+    otherwise fail (or mislead) only where the positions are computed."""
+    path = os.path.join(os.fspath(model_dir), "tokenizer.json")
+    if not os.path.lexists(path):
+        raise VideoError(f"tokenizer.json not found in {model_dir}")
+    text = read_text(path)
+    try:
+        tok = Tokenizer.from_str(text)
     except Exception as e:                                         # tokenizers raises a bare Exception
         raise VideoError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
     if missing:
         raise VideoError(f"{path} is not a Qwen VL tokenizer: missing {', '.join(missing)}")
+    for key, token in CONFIG_TOKENS.items() if config is not None else ():
+        have, want = getattr(config, key), tok.token_to_id(token)
+        if have != want:
+            named = tok.id_to_token(have)
+            raise VideoError(f"{os.path.join(os.fspath(model_dir), 'config.json')}: {key} is {have}, which {path} "
+                             f"{f'names {named}' if named else 'does not have'} ({token} is {want} there): the config "
+                             f"and the tokenizer are not of one checkpoint")
     return tok
 
 
 def chat_template(model_dir) -> str | None:
     """The chat template text a checkpoint ships, where transformers' processor looks for it: chat_template.jinja,
-    then chat_template.json, then tokenizer_config.json's "chat_template". None if there is none."""
+    then chat_template.json, then tokenizer_config.json's "chat_template". None if there is none. A set of named
+    templates (a list of {"name", "template"}, or an object of them) gives its "default" one, as transformers does."""
     model_dir = os.fspath(model_dir)
     jinja = os.path.join(model_dir, "chat_template.jinja")
-    if os.path.isfile(jinja):
-        with open(jinja, encoding="utf-8") as f:
-            return f.read()
+    if os.path.lexists(jinja):
+        return read_text(jinja)
     for name in ("chat_template.json", "tokenizer_config.json"):
         path = os.path.join(model_dir, name)
-        if not os.path.isfile(path):
+        if not os.path.lexists(path):
             continue
         try:
-            with open(path, encoding="utf-8") as f:
-                template = json.load(f).get("chat_template")
+            template = json.loads(read_text(path)).get("chat_template")
         except (ValueError, AttributeError) as e:
             raise VideoError(f"cannot read {path}: {str(e).splitlines()[0]}") from e
+        if isinstance(template, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in template):
+            template = {t["name"]: t.get("template") for t in template}
+        if isinstance(template, dict):
+            if "default" not in template:
+                raise VideoError(f"{path}: chat_template names no 'default' template (it has "
+                                 f"{', '.join(map(repr, template))}), which transformers refuses too")
+            template = template["default"]
         if template is not None:
             if not isinstance(template, str):
-                raise VideoError(f"{path}: chat_template is not a single template string")
+                raise VideoError(f"{path}: chat_template is not a template string, nor a list of named ones")
             return template
     return None
+
+
+def vision_token_in(text):
+    """The first vision token (VISION_TOKENS) that a text the user typed holds, or None."""
+    return next((t for t in VISION_TOKENS if t in text), None)
 
 
 def thinking_template(model_dir) -> bool:
@@ -402,6 +452,9 @@ def build_prompt(tokenizer: Tokenizer, question: str, video, system: str | None 
         raise VideoError(f"{fam.name} has no Thinking chat template")
     if thinking and tokenizer.token_to_id(THINK_OPEN.strip()) is None:
         raise VideoError(f"the tokenizer has no {THINK_OPEN.strip()} token, so it is not a Thinking checkpoint's")
+    for what, typed in (("question", question), ("system prompt", system)):
+        if typed is not None and (token := vision_token_in(typed)):
+            raise VideoError(f"the {what} must not contain {token}: vision tokens are the prompt's own")
     system = fam.default_system if system is None else system
     text = ("" if system is None else f"<|im_start|>system\n{system}<|im_end|>\n") + "<|im_start|>user\n"
     text += "".join(f"{label}<|vision_start|><|video_pad|><|vision_end|>" for label, _ in blocks)
@@ -410,8 +463,6 @@ def build_prompt(tokenizer: Tokenizer, question: str, video, system: str | None 
     # text around them tokenizes the same as in the processor's fully expanded string. No BOS is added (Qwen adds none).
     ids = tokenizer.encode(text, add_special_tokens=False).ids
     pad = tokenizer.token_to_id("<|video_pad|>")
-    if ids.count(pad) != len(blocks):
-        raise VideoError("the question and system prompt must not contain <|video_pad|>")
     out, k = [], 0
     for i in ids:
         if i == pad:
