@@ -786,7 +786,7 @@ def test_bad_output(case, model_dir, clip, tmp_path, capsys):
 
 # Names the file system takes (NAME_MAX: 255 bytes) are taken: the atomic write's temp file is short whatever the name.
 GOOD_OUTPUT_NAMES = {"250 bytes": "r" * 245 + ".json", "255 bytes": "r" * 250 + ".json",
-                     "254 bytes of UTF-8": "é" * 124 + "r.json", "a dot file": ".json"}
+                     "254 bytes of UTF-8": "é" * 124 + "r.json"}
 
 
 @pytest.mark.parametrize("case", GOOD_OUTPUT_NAMES)
@@ -815,16 +815,16 @@ def _char_device(tmp_path, name, minor):
     return str(p)
 
 
-def _main_or_hang(argv, unblock, timeout=60):
-    """C.main(argv) in a thread; if it hangs (a FIFO opened blocking), unblock() it and fail rather than hang."""
+def _main_or_hang(argv, unblock, timeout=60, main=C.main):
+    """main(argv) in a thread; if it hangs (a FIFO opened blocking), unblock() it and fail rather than hang."""
     result = []
-    t = threading.Thread(target=lambda: result.append(C.main(argv)), daemon=True)
+    t = threading.Thread(target=lambda: result.append(main(argv)), daemon=True)
     t.start()
     t.join(timeout)
     if t.is_alive():
         unblock()
         t.join(timeout)
-        pytest.fail("the CLI blocked")
+        pytest.fail(f"{main.__module__}.main blocked")
     return result[0]
 
 

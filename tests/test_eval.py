@@ -12,7 +12,7 @@ import pytest
 import torch
 from clips import write_clip
 from conftest import IM_END, ROOT
-from test_cli import model_dir  # noqa: F401  (fixture: tiny checkpoint + real tokenizer)
+from test_cli import _main_or_hang, model_dir  # noqa: F401  (model_dir: fixture, tiny checkpoint + real tokenizer)
 
 import cli as C
 import eval as E
@@ -259,22 +259,6 @@ def test_resume_skips_lines_that_are_not_records(bench, model_dir, fake, tmp_pat
     assert {(r["dataset"], r["mode"]) for r in records(out)} == {(d, m) for d in ("mc", "vsi") for m in R.MODES}
 
 
-def _main_or_unblock(argv, fifo, timeout=60):
-    """E.main(argv) in a thread; if it blocks (a FIFO opened for reading), feed the FIFO and fail rather than hang."""
-    import threading
-
-    result = []
-    t = threading.Thread(target=lambda: result.append(E.main(argv)), daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        with open(fifo, "w"):
-            pass
-        t.join(timeout)
-        pytest.fail("eval.py blocked on a FIFO")
-    return result[0]
-
-
 # A records file that is no file to read, in a resume and in --report: (break it, what the one line says it is)
 BAD_RECORD_FILES = {
     "a directory": (os.mkdir, "Is a directory"),
@@ -293,7 +277,8 @@ def test_a_records_file_that_cannot_be_read(case, when, bench, model_dir, fake, 
     breaker(str(out / "records.rank1.jsonl"))  # (another rank's: this rank's own is the one it appends to)
     fake["generate"].clear()
     capsys.readouterr()
-    assert _main_or_unblock(run if when == "resume" else ["--report", str(out)], out / "records.rank1.jsonl") == 2
+    fifo = out / "records.rank1.jsonl"
+    assert _main_or_hang(run if when == "resume" else ["--report", str(out)], lambda: open(fifo, "w").close(), main=E.main) == 2
     err = capsys.readouterr().err
     assert err == f"eval: error: cannot read {out / 'records.rank1.jsonl'}: {why}\n" and fake["generate"] == []
 
