@@ -139,7 +139,7 @@ class Config:
             if raw.get(key) and t.d.get(key) and raw[key] != t.d[key]:
                 raise ModelError(f"{path}: {key} and text_config.{key} differ; which one applies depends on the "
                                  f"transformers version: keep one")
-        refuse_unimplemented(path, raw, t)
+        refuse_unimplemented(path, raw, t, rope)
         n_heads = t.get("num_attention_heads")
         hidden = t.get("hidden_size")
         if "head_dim" not in t.d and hidden % n_heads:  # (no head_dim: the head size is hidden / heads, whole)
@@ -197,18 +197,17 @@ class Config:
                 raise ModelError(f"{path}: vision_config.{key} is {have}; {fam.name}'s video preprocessing uses {want}")
 
 
-def refuse_unimplemented(path, raw, t):
+def refuse_unimplemented(path, raw, t, rope):
     """Keys of the decoder that change what it computes, each held to the one value implemented here: a checkpoint
     that asks for more stops with the key named, rather than running as if the key were not there."""
     if t.get("use_sliding_window", bool, False):
         raise ModelError(f"{path}: {t.where}use_sliding_window is true: sliding-window attention is not implemented")
-    layers = t.d.get("layer_types")
-    if layers is not None and (not isinstance(layers, list) or any(x != "full_attention" for x in layers)):
-        raise ModelError(f"{path}: {t.where}layer_types is not all 'full_attention': sliding-window attention is not "
-                         f"implemented")
-    if t.get("partial_rotary_factor", float, 1.0) != 1:
-        raise ModelError(f"{path}: {t.where}partial_rotary_factor {t.d['partial_rotary_factor']} is not implemented "
-                         f"(the rotary turns whole heads)")
+    if "sliding_attention" in (t.d.get("layer_types") or ()):  # (newer transformers' name for a windowed layer)
+        raise ModelError(f"{path}: {t.where}layer_types names a 'sliding_attention' layer: sliding-window attention is "
+                         f"not implemented")
+    factor = rope.get("partial_rotary_factor", float, None) or t.get("partial_rotary_factor", float, 1.0)
+    if factor != 1:  # (read where transformers reads it: the rope dict first)
+        raise ModelError(f"{path}: partial_rotary_factor {factor:g} is not implemented (the rotary turns whole heads)")
     quant = raw.get("quantization_config") or t.d.get("quantization_config")
     if quant:
         method = quant.get("quant_method") if isinstance(quant, dict) else None
@@ -242,9 +241,6 @@ def read_yarn(path, rope, name, interleaved, legacy, max_positions):
     if rope.get("mrope_interleaved", bool, interleaved) != interleaved:  # its reference would ignore the key
         raise ModelError(f"{path}: {where}mrope_interleaved is {str(not interleaved).lower()}, but {name}'s M-RoPE is "
                          f"{'interleaved' if interleaved else 'sectioned'}")
-    if rope.get("partial_rotary_factor", float, 1.0) != 1:
-        raise ModelError(f"{path}: {where}partial_rotary_factor {rope.d['partial_rotary_factor']} is not implemented "
-                         f"(the rotary turns whole heads)")
     allowed = ROPE_KEYS | (YARN_KEYS if kind == "yarn" else set())
     for key in rope.d:
         if key not in allowed:
@@ -286,7 +282,8 @@ def rope_frequencies(c, device):
     if y["truncate"]:
         lo, hi = math.floor(lo), math.ceil(hi)
     lo, hi = max(lo, 0), min(hi, d - 1)
-    ramp = ((torch.arange(d // 2, dtype=torch.float32, device=device) - lo) / (hi - lo if hi != lo else 0.001)).clamp(0, 1)
+    width = hi - lo if hi != lo else 0.001  # (the reference's guard against a ramp of no width)
+    ramp = ((torch.arange(d // 2, dtype=torch.float32, device=device) - lo) / width).clamp(0, 1)
     keep = 1 - ramp  # 1: the trained frequency, 0: divided by the factor (written as the reference blends, bit for bit)
     return 1.0 / (y["factor"] * period) * (1 - keep) + 1.0 / period * keep, y["attention"]
 
@@ -770,8 +767,8 @@ def weight_files(model_dir):
     paths = [os.path.join(model_dir, s) for s in shards]
     for path in paths:  # each opened (not read) now: one that cannot be read says why before a weight is read
         try:
-            if video.not_regular(path):
-                raise OSError(0, video.not_regular(path))
+            if why := video.not_regular(path):
+                raise OSError(0, why)
             os.close(os.open(path, os.O_RDONLY))
         except OSError as e:
             raise ModelError(f"cannot read weight shard {path}: {e.strerror}") from None

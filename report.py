@@ -87,8 +87,8 @@ def read_records(out, skipped=None):
 
 def read_bytes(path):  # a records file, whole; a directory, a FIFO (it would block) or an unreadable file: one line
     try:
-        if V.not_regular(path):
-            raise OSError(0, V.not_regular(path))
+        if why := V.not_regular(path):
+            raise OSError(0, why)
         return Path(path).read_bytes()
     except OSError as e:
         raise C.UsageError(f"cannot read {path}: {e.strerror or e}") from None
@@ -97,9 +97,8 @@ def read_bytes(path):  # a records file, whole; a directory, a FIFO (it would bl
 def one_checkpoint(recs, run_dir):
     """--report over records of two checkpoints (rank files gathered from two runs) is refused, naming both: a table
     would pool their numbers in one row. A checkpoint is its resolved directory and fingerprint, as for a resume."""
-    settings = [r["settings"] for r in recs.values()]
-    # (records of an older eval.py name the model by its --model string only: not compared)
-    models = Counter((s.get("model_dir"), s["model_fingerprint"]) for s in settings if "model_fingerprint" in s)
+    models = Counter((str(s.get("model_dir")), str(s["model_fingerprint"])) for s in (r["settings"] for r in recs.values())
+                     if "model_fingerprint" in s)  # (an older eval.py's records name the model by --model alone: not compared)
     if len(models) > 1:
         (a, fa), (b, fb) = list(models)[:2]
         raise C.UsageError(f"--report: {run_dir} holds records of {len(models)} checkpoints: {a} (fingerprint {fa}, "

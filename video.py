@@ -345,8 +345,8 @@ def not_regular(path):
 def read_text(path, error=None) -> str:
     """A text file of the model directory; a file that cannot be read (a directory, no permission) or is not UTF-8 is
     a one-line `error` (VideoError by default) naming it, never a traceback."""
-    if not_regular(path):
-        raise (error or VideoError)(f"cannot read {path}: {not_regular(path)}")
+    if why := not_regular(path):
+        raise (error or VideoError)(f"cannot read {path}: {why}")
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()

@@ -393,13 +393,13 @@ BAD_MODEL_DIRS = {
     "sliding-window attention": (lambda d: _set_text(d, use_sliding_window=True),
                                  "{d}/config.json: {t}use_sliding_window is true: sliding-window attention is not implemented"),
     "a sliding layer": (lambda d: _set_text(d, layer_types=["full_attention", "sliding_attention"]),
-                        "{d}/config.json: {t}layer_types is not all 'full_attention': sliding-window attention is not "
-                        "implemented"),
+                        "{d}/config.json: {t}layer_types names a 'sliding_attention' layer: sliding-window attention is "
+                        "not implemented"),
     "a partial rotary": (lambda d: _set_text(d, partial_rotary_factor=0.5),
-                         "{d}/config.json: {t}partial_rotary_factor 0.5 is not implemented (the rotary turns whole heads)"),
+                         "{d}/config.json: partial_rotary_factor 0.5 is not implemented (the rotary turns whole heads)"),
     "a partial rotary in the rope dict": (lambda d: _edit(d, lambda j: _rope(j).update(partial_rotary_factor=0.25)),
-                                          "{d}/config.json: {t}rope_scaling.partial_rotary_factor 0.25 is not implemented "
-                                          "(the rotary turns whole heads)"),
+                                          "{d}/config.json: partial_rotary_factor 0.25 is not implemented (the rotary "
+                                          "turns whole heads)"),
     "a quantized checkpoint": (lambda d: _set_config(d, quantization_config={"quant_method": "awq", "bits": 4}),
                                "{d}/config.json: quantization_config (awq): quantized checkpoints are not supported; use "
                                "the unquantized release"),
