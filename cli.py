@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import secrets
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -31,6 +32,19 @@ class UsageError(Exception):
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line on stderr, exit 2 (argparse prints the usage block too)
         raise UsageError(message)
+
+    def parse_args(self, args=None, namespace=None):
+        """Arguments whose bytes are not UTF-8 are refused first. Python hands them over with each such byte as a lone
+        surrogate, which no tokenizer takes (a question) and no UTF-8 record can hold (a file name, found out only when
+        the finished run's record is written)."""
+        args = sys.argv[1:] if args is None else args
+        for i, x in enumerate(args):
+            bad = next((ord(ch) for ch in x if 0xD800 <= ord(ch) <= 0xDFFF), None)
+            if bad is not None:
+                flag = next((y.split("=")[0] for y in reversed(args[: i + 1]) if y.startswith("--")), "an argument")
+                what = f"byte 0x{bad - 0xDC00:02x} is not UTF-8" if 0xDC80 <= bad <= 0xDCFF else "not valid Unicode"
+                raise UsageError(f"argument {flag}: {what}; pass UTF-8 text (a file: by a UTF-8 name; a symlink will do)")
+        return super().parse_args(args, namespace)
 
 
 def resolve_model(name, weights=True):
@@ -159,7 +173,17 @@ def check_args(a):
     for flag, ok, want in rules:
         if not ok:
             raise UsageError(f"argument {flag}: invalid value {getattr(a, flag[2:].replace('-', '_'))} (must be {want})")
+    check_typed_text(a, "--system")
     check_runtime(a)
+
+
+def check_typed_text(a, *flags):
+    """Text flags (--q, --system) hold no vision token of any family (before the checkpoint is read: model.vision_tokens):
+    only the prompt itself places those."""
+    for flag in flags:
+        text = getattr(a, flag[2:])
+        if text is not None and (token := V.vision_token_in(text, M.vision_tokens())):
+            raise UsageError(f"argument {flag}: holds {token}, a vision token, which only the prompt itself places")
 
 
 def check_pixels(a, fam):
@@ -186,7 +210,7 @@ def check_runtime(a):
 
 def parse_args(argv):
     p = Parser(description="V-Reason (arXiv 2510.17045): inference-time entropy steering of video reasoning in "
-                           "Qwen2.5-VL and Qwen3-VL")
+                           "Qwen2.5-VL, Qwen3-VL and Qwen3.5")
     p.add_argument("--video", required=True, help="video file")
     p.add_argument("--q", required=True, help="question about the video")
     p.add_argument("--mode", default="baseline", choices=R.MODES,
@@ -200,6 +224,7 @@ def parse_args(argv):
     g.add_argument("--quiet", action="store_true", help="no streaming text and stats")
     a = p.parse_args(argv)
     check_args(a)
+    check_typed_text(a, "--q")
     if a.compare and a.mode == "baseline":
         raise UsageError("--compare runs the baseline next to --mode vreason or lite; pick one of those")
     if a.prune_ratio is not None and a.mode != "lite":  # one meaning, as in eval.py: Lite's ratio
@@ -269,10 +294,13 @@ def check_outputs(a):
 
 
 def via_temp(real, data, then):
-    """data into a temp file beside `real`, synced to disk, then then(tmp) (the rename); the temp file never stays."""
-    tmp = f"{real}.tmp{os.getpid()}"
+    """data into a temp file beside `real`, synced to disk, then then(tmp) (the rename); the temp file never stays.
+    Its name is short whatever the target's (any name the file system takes for the target must work, up to its
+    255 bytes) and unique (the pid, and a random part); "x": it is never a file that was there."""
+    tmp = os.path.join(os.path.dirname(real), f".vreason-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    f = open(tmp, "xb")
     try:
-        with open(tmp, "wb") as f:
+        with f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -549,13 +577,13 @@ def run(a):
     # against below, before a weight is downloaded or read)
     skeleton = M.skeleton(model_dir)
     family = skeleton.family  # the video's preprocessing and the prompt are the family's
+    tok = V.load_tokenizer(model_dir, family, skeleton.c)  # (with the config: every small file checked before the video)
     check_pixels(a, family)
     t0 = time.perf_counter()
     with Progress("reading video (2 passes)", "frames", quiet=a.quiet) as bar:
         video = V.load_video(a.video, family, fps=a.fps, nframes=a.nframes, max_frames=a.max_frames, min_pixels=a.min_pixels,
                              max_pixels=a.max_pixels, total_pixels=a.total_pixels, progress=bar)
     t_video = time.perf_counter() - t0
-    tok = V.load_tokenizer(model_dir, family)
     # The exact prompt, from the skeleton: does the request fit the checkpoint's positions and the machine's memory?
     ids, pos = skeleton.prompt(tok, a.q, video, a.system)
     check_positions(int(pos.max()), a.max_new_tokens, skeleton.c.max_positions)

@@ -54,16 +54,24 @@ def problem(x):  # what is wrong with one dataset entry, or None
         return "a multiple-choice entry needs 'options', a list of strings"
     if not extract_answer(x["solution"]):  # Video-R1 would score every prediction against "" here
         return "'solution' has no <answer>...</answer> with text in it"
+    if token := V.vision_token_in(question(x), M.vision_tokens()):  # (what the tokenizer gets: problem and options)
+        return f"its question holds {token}, a vision token, which only the prompt itself places"
+    try:  # JSON can escape half a character ("\\udce9"): no tokenizer takes it, no record could hold it
+        json.dumps(x, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return "it holds a lone surrogate (a \\u escape of half a character), not text"
 
 
 def load_dataset(path, limit=None):
-    """A Video-R1 evaluation file (.json: a list of entries; .jsonl: one a line) -> (name, entries). Name: the file
-    stem without "eval_". A bad entry stops everything with its place: a half-read benchmark gives wrong numbers."""
+    """A Video-R1 evaluation file (a JSON list of entries, or JSON lines: one entry a line) -> (name, entries). The
+    format is the content's, not the name's (a pipe, <(cat x.jsonl), is /dev/fd/63): a list opens with "[". Name: the
+    file stem without "eval_". A bad entry stops everything with its place: a half-read benchmark gives wrong
+    numbers."""
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
-    if path.endswith(".jsonl"):
+    if not text.lstrip().startswith("["):
         rows = []
         for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold a raw U+2028
             try:
@@ -75,8 +83,6 @@ def load_dataset(path, limit=None):
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a JSON list of entries (or a .jsonl file)")
         rows = [(f"item {i}", x) for i, x in enumerate(data, 1)]
     items, where = [], {}
     for i, (at, x) in enumerate(rows[:limit], 1):
@@ -286,7 +292,6 @@ def check_request(a, skeleton, tok, items):
     except C.UsageError as e:
         raise C.UsageError(f"{e} (eval's default for {fam.name}: 128 tokens a frame)" if default else str(e)) from None
     V.check_pixel_limits(fam, a.min_pixels, a.max_pixels)
-    V.expand_video(tok, a.system or "", [], fam)  # refuses a <|video_pad|> in --system, as every prompt does
     bound = longest_prompt(a, tok, items, fam)
     try:
         C.check_positions(bound - 1, a.max_new_tokens, skeleton.c.max_positions)
@@ -367,12 +372,12 @@ def run(a):
     # a weight is downloaded or read; the same on every rank, so every rank stops alike.
     model_dir = C.resolve_model(a.model, weights=False)
     skeleton = M.skeleton(model_dir)
-    tok = V.load_tokenizer(model_dir, skeleton.family)
+    tok = V.load_tokenizer(model_dir, skeleton.family, skeleton.c)
     bound = check_request(a, skeleton, tok, [it for _, items in datasets for it in items])
     M.check_memory(skeleton, dev, dtype, device_map, bound, a.max_new_tokens)
-    made = rank == 0 and not os.path.lexists(a.out)
-    lock = open_out(a.out, lock=rank == 0)
-    try:
+    made, lock = rank == 0 and not os.path.lexists(a.out), None
+    try:  # (open_out inside: a Ctrl-C in the instant after it made --out still removes it)
+        lock = open_out(a.out, lock=rank == 0)
         model_dir = C.resolve_model(a.model)  # the weights now (a download, for a Hub id not in the cache)
         model = model_identity(model_dir)  # (hashed once, not once a mode)
         conf = {m: settings(a, m, dtype, model) for m in a.modes}

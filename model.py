@@ -20,6 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import video
+
 
 # The one registry of families: config.json model_type -> the family's module (PORTING.md: a port adds a line here)
 FAMILIES = {"qwen2_5_vl": "qwen25vl", "qwen3_vl": "qwen3vl", "qwen3_5": "qwen35"}
@@ -33,13 +35,9 @@ class ModelError(ValueError):
 
 def read_json(path, what="a JSON object"):
     """A JSON file that must hold an object; any failure is a one-line ModelError naming the file."""
+    text = video.read_text(path, ModelError)
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except OSError as e:
-        raise ModelError(f"cannot read {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:  # (a ValueError too: first)
-        raise ModelError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        raw = json.loads(text)
     except json.JSONDecodeError as e:
         raise ModelError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg})") from None
     if not isinstance(raw, dict):
@@ -108,6 +106,7 @@ class Config:
     rotary_dim: int  # the leading dims of each head that the rotary turns (head_dim, or less: partial rotary)
     mrope_section: tuple  # (T, H, W) frequency counts, sum = rotary_dim / 2
     rope_axis: tuple  # for each of the rotary_dim/2 frequencies, the position row (0 T, 1 H, 2 W) it rotates by
+    yarn: dict  # YaRN's resolved parameters (read_yarn), or None: plain M-RoPE
     attn_bias: bool  # Qwen2: q/k/v biases; Qwen3: none
     qk_norm: bool  # Qwen3: per-head RMSNorm on q and k before the rotary
     attn_gate: bool  # Qwen3.5: q_proj also gives a per-element gate, sigmoid(gate) * attention output before o_proj
@@ -129,19 +128,25 @@ class Config:
 
     @staticmethod
     def read(path, model_type, interleaved, qk_norm, bias, vision_act, attn_gate=False, zero_centred=False,
-             rotary_factor=1.0):
+             rotary_factor=1.0, legacy_yarn=False):
         """Read what Config holds from config.json (flat, or nested under text_config; rope under rope_scaling or
         rope_parameters), checked. Every value comes from the file: the transformers class defaults are not the
         checkpoints. What the file does not say is the family's: interleaved M-RoPE, q/k norms, q/k/v bias when
-        `attention_bias` is absent, the vision activation, the attention output gate, zero-centred norms and the
-        partial_rotary_factor when the file has none.
-        Returns the fields, the text config's and the vision config's Fields for the family's own."""
+        `attention_bias` is absent, the vision activation, the attention output gate, zero-centred norms, the
+        partial_rotary_factor when the file has none, and which transformers' YaRN it follows (read_yarn). A key
+        that would change the computation and is not implemented here is refused, naming it (PORTING.md, "Config
+        keys"). Returns the fields, the text config's and the vision config's Fields for the family's own."""
         raw = read_json(path, "a JSON object (a Hugging Face config.json)")
         if raw.get("model_type") != model_type:
             raise ModelError(f"{path}: model_type is {raw.get('model_type')!r}, expected {model_type!r}")
         top = Fields(raw, path)
         t = Fields({**raw, **top.sub("text_config").d}, path, "text_config." if "text_config" in raw else "")
         rope = t.sub("rope_scaling") if t.d.get("rope_scaling") else t.sub("rope_parameters")
+        for key in ("rope_scaling", "rope_parameters"):  # the two levels read by different transformers versions
+            if raw.get(key) and t.d.get(key) and raw[key] != t.d[key]:
+                raise ModelError(f"{path}: {key} and text_config.{key} differ; which one applies depends on the "
+                                 f"transformers version: keep one")
+        refuse_unimplemented(path, raw, t, rope)
         n_heads = t.get("num_attention_heads")
         hidden = t.get("hidden_size")
         if "head_dim" not in t.d and hidden % n_heads:  # (no head_dim: the head size is hidden / heads, whole)
@@ -159,6 +164,8 @@ class Config:
         if t.get("hidden_act", str, "silu") != "silu":
             raise ModelError(f"{path}: hidden_act {t.d['hidden_act']!r} is not supported (expected 'silu')")
         theta = rope.get("rope_theta", float, None) or t.get("rope_theta", float)
+        yarn = read_yarn(path, rope, family(model_type).FAMILY.name, interleaved, legacy_yarn,
+                         t.get("max_position_embeddings", int, 128000))
         v = top.sub("vision_config")
         if v.get("hidden_act", str, vision_act) != vision_act:
             raise ModelError(f"{path}: vision_config.hidden_act {v.d['hidden_act']!r} is not supported (expected {vision_act!r})")
@@ -168,7 +175,7 @@ class Config:
             model_type=model_type, vocab_size=t.get("vocab_size"), hidden_size=hidden, n_layers=t.get("num_hidden_layers"),
             n_heads=n_heads, n_kv_heads=t.get("num_key_value_heads"), head_dim=head_dim,
             intermediate_size=t.get("intermediate_size"), rms_norm_eps=t.get("rms_norm_eps", float), rope_theta=theta,
-            rotary_dim=rotary_dim, mrope_section=section, rope_axis=rope_axis(section, interleaved),
+            rotary_dim=rotary_dim, mrope_section=section, rope_axis=rope_axis(section, interleaved), yarn=yarn,
             attn_bias=t.get("attention_bias", bool, bias), qk_norm=qk_norm,
             attn_gate=t.get("attn_output_gate", bool, attn_gate),
             zero_centred_norms=zero_centred,
@@ -202,6 +209,94 @@ class Config:
                                 ("in_channels", self.in_chans, 3)):
             if have != want:
                 raise ModelError(f"{path}: vision_config.{key} is {have}; {fam.name}'s video preprocessing uses {want}")
+
+
+def refuse_unimplemented(path, raw, t, rope):
+    """Keys of the decoder that change what it computes, each held to the one value implemented here: a checkpoint
+    that asks for more stops with the key named, rather than running as if the key were not there."""
+    if t.get("use_sliding_window", bool, False):
+        raise ModelError(f"{path}: {t.where}use_sliding_window is true: sliding-window attention is not implemented")
+    if "sliding_attention" in (t.d.get("layer_types") or ()):  # (newer transformers' name for a windowed layer)
+        raise ModelError(f"{path}: {t.where}layer_types names a 'sliding_attention' layer: sliding-window attention is "
+                         f"not implemented")
+    quant = raw.get("quantization_config") or t.d.get("quantization_config")
+    if quant:
+        method = quant.get("quant_method") if isinstance(quant, dict) else None
+        raise ModelError(f"{path}: quantization_config{f' ({method})' if method else ''}: quantized checkpoints are not "
+                         f"supported; use the unquantized release")
+
+
+# The rotary types implemented here. "mrope" is Qwen2.5-VL's old name for plain M-RoPE (its config class maps it to
+# "default"). Each type takes only its own keys: any other key in the dict is refused (a YaRN factor left under
+# rope_type "default" would otherwise be dropped in silence, as transformers drops it).
+ROPE_KEYS = {"rope_type", "type", "mrope_section", "mrope_interleaved", "rope_theta", "partial_rotary_factor",
+             "original_max_position_embeddings"}  # (the last names the trained context: plain M-RoPE ignores it)
+YARN_KEYS = {"factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor", "truncate"}
+
+
+def read_yarn(path, rope, name, interleaved, legacy, max_positions):
+    """The rotary dict (rope_scaling / rope_parameters) beyond mrope_section: plain M-RoPE (-> None) or YaRN (-> its
+    parameters, resolved as the family's reference resolves them). legacy: transformers 4.51.3's YaRN (Qwen2.5-VL's
+    reference), where a given original_max_position_embeddings replaces `factor` by max_position_embeddings /
+    original_max_position_embeddings and the ramp's ends are always rounded outwards; else 4.57's (Qwen3-VL's), which
+    uses `factor` as written and reads `truncate`."""
+    where = rope.where
+    named = {k: rope.get(k, str, None) for k in ("rope_type", "type")}
+    kinds = {"default" if v == "mrope" else v for v in named.values() if v is not None}
+    if len(kinds) > 1:  # (Qwen2.5-VL's config class lets `type` win, Qwen3-VL's rotary reads rope_type alone)
+        raise ModelError(f"{path}: {where}type {named['type']!r} and {where}rope_type {named['rope_type']!r} disagree: "
+                         f"give one")
+    kind = kinds.pop() if kinds else "default"
+    if kind not in ("default", "yarn"):
+        raise ModelError(f"{path}: {where}rope_type {kind!r} is not implemented (implemented: 'default' M-RoPE, 'yarn')")
+    if rope.get("mrope_interleaved", bool, interleaved) != interleaved:  # its reference would ignore the key
+        raise ModelError(f"{path}: {where}mrope_interleaved is {str(not interleaved).lower()}, but {name}'s M-RoPE is "
+                         f"{'interleaved' if interleaved else 'sectioned'}")
+    allowed = ROPE_KEYS | (YARN_KEYS if kind == "yarn" else set())
+    for key in rope.d:
+        if key not in allowed:
+            raise ModelError(f"{path}: {where}{key} is not a key of rope_type {kind!r} implemented here; refused rather "
+                             f"than ignored")
+    if kind == "default":
+        return None
+    factor = rope.get("factor", float)
+    original = rope.get("original_max_position_embeddings", int, None)
+    if legacy and original is not None:
+        factor = max_positions / original
+    truncate = rope.get("truncate", bool, True)
+    if legacy and not truncate:
+        raise ModelError(f"{path}: {where}truncate is false, which {name}'s reference (transformers 4.51.3) does not "
+                         f"read: it always rounds YaRN's ramp")
+    # the attention scale (YaRN's "mscale"): sqrt(1/t) of the paper, 0.1 ln(s) + 1, unless given outright
+    mscale = lambda scale, m=1.0: 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+    m, m_all = rope.get("mscale", float, None), rope.get("mscale_all_dim", float, None)
+    attention = rope.get("attention_factor", float, None)
+    if attention is None:
+        attention = mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
+    return dict(factor=factor, original=original or max_positions, beta_fast=rope.get("beta_fast", float, 32.0),
+                beta_slow=rope.get("beta_slow", float, 1.0), truncate=truncate, attention=attention)
+
+
+def rope_frequencies(c, device):
+    """The decoder rotary's inverse frequencies [rotary_dim/2] fp32, and the factor cos/sin are scaled by (1 but for
+    YaRN). YaRN keeps the fast frequencies (many turns within the original context: local order), divides the slow
+    ones by the factor (so the longer context spans no more of their period than training did), and blends linearly
+    in between, over the frequency indexes where a frequency turns beta_fast down to beta_slow times."""
+    d = c.rotary_dim
+    period = c.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d)  # (over 2 pi)
+    if c.yarn is None:
+        return 1.0 / period, 1.0
+    y = c.yarn
+    # the (fractional) frequency index at which a frequency turns `turns` times over the original context
+    index = lambda turns: d * math.log(y["original"] / (turns * 2 * math.pi)) / (2 * math.log(c.rope_theta))
+    lo, hi = index(y["beta_fast"]), index(y["beta_slow"])
+    if y["truncate"]:
+        lo, hi = math.floor(lo), math.ceil(hi)
+    lo, hi = max(lo, 0), min(hi, d - 1)
+    width = hi - lo if hi != lo else 0.001  # (the reference's guard against a ramp of no width)
+    ramp = ((torch.arange(d // 2, dtype=torch.float32, device=device) - lo) / width).clamp(0, 1)
+    keep = 1 - ramp  # 1: the trained frequency, 0: divided by the factor (written as the reference blends, bit for bit)
+    return 1.0 / (y["factor"] * period) * (1 - keep) + 1.0 / period * keep, y["attention"]
 
 
 def rope_axis(section, interleaved):
@@ -658,16 +753,17 @@ class VideoLM(nn.Module):
     # --- the shared decoder
     def rope(self, pos, dtype):
         """pos [3, S] -> cos/sin [S, r] (r = c.rotary_dim): frequency j turns with the T/H/W row that c.rope_axis names;
-        angles in fp32, cos/sin in the model dtype (the references)."""
+        angles in fp32, cos/sin (times YaRN's attention scale) in fp32, then the model dtype (the references)."""
         if pos.device not in self._rope:
-            c = self.c
-            r = c.rotary_dim
-            inv = 1.0 / c.rope_theta ** (torch.arange(0, r, 2, dtype=torch.float32, device=pos.device) / r)
-            self._rope[pos.device] = inv, torch.tensor(c.rope_axis, device=pos.device)
-        inv, axis = self._rope[pos.device]
+            inv, scale = rope_frequencies(self.c, pos.device)
+            self._rope[pos.device] = inv, scale, torch.tensor(self.c.rope_axis, device=pos.device)
+        inv, scale, axis = self._rope[pos.device]
         theta = pos[axis].float().T * inv  # [S, r/2] fp32
         theta = torch.cat([theta, theta], -1)
-        return theta.cos().to(dtype), theta.sin().to(dtype)
+        cos, sin = theta.cos(), theta.sin()
+        if scale != 1:  # (plain M-RoPE: no multiply, no extra kernel in the decode step)
+            cos, sin = cos * scale, sin * scale
+        return cos.to(dtype), sin.to(dtype)
 
     def embed(self, ids, visual=None):  # ids [S] -> [S, D], video rows replaced by the vision features
         table = self.llm.embed_tokens
@@ -769,10 +865,18 @@ def weight_files(model_dir):
         shards = ["model.safetensors"]
     else:
         raise ModelError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
-    missing = [s for s in shards if not os.path.isfile(os.path.join(model_dir, s))]
+    missing = [s for s in shards if not os.path.exists(os.path.join(model_dir, s))]
     if missing:
         raise ModelError(f"{model_dir}: missing weight shard(s): {', '.join(missing)}")
-    return [os.path.join(model_dir, s) for s in shards]
+    paths = [os.path.join(model_dir, s) for s in shards]
+    for path in paths:  # each opened (not read) now: one that cannot be read says why before a weight is read
+        try:
+            if why := video.not_regular(path):
+                raise OSError(0, why)
+            os.close(os.open(path, os.O_RDONLY))
+        except OSError as e:
+            raise ModelError(f"cannot read weight shard {path}: {e.strerror}") from None
+    return paths
 
 
 def placement(name, c, device, device_map):
@@ -834,6 +938,10 @@ def model_type(model_dir):
 
 def family(model_type):  # the family's module (qwen25vl, ...) of a model_type in FAMILIES, imported on first use
     return importlib.import_module(FAMILIES[model_type])
+
+
+def vision_tokens():  # every registered family's vision tokens: what typed text may not hold, known before a checkpoint is
+    return tuple(dict.fromkeys(t for mt in FAMILIES for t in family(mt).FAMILY.vision_tokens))  # read
 
 
 def skeleton(model_dir):

@@ -17,7 +17,11 @@ import video as V
 FAMILY = V.Family("qwen2_5_vl", "Qwen2.5-VL", patch=14, mean=(0.48145466, 0.4578275, 0.40821073),
                   std=(0.26862954, 0.26130258, 0.27577711), fused_normalize=False, sampler="qwen-vl-utils",
                   min_pixels=128 * 28 * 28, max_pixels=768 * 28 * 28, total_pixels=90316800, strict_pixel_limits=False,
-                  special_tokens=("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"),
+                  special_tokens=("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>",
+                                  "<|image_pad|>"),
+                  vision_tokens=("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"),
+                  config_tokens=(("video_token_id", "<|video_pad|>"), ("image_token_id", "<|image_pad|>"),
+                                 ("vision_start_token_id", "<|vision_start|>")),
                   stop_tokens=("<|im_end|>", "<|endoftext|>"), group_text_tokens=0)
 DEFAULT_SYSTEM = "You are a helpful assistant."
 VIDEO_BLOCK = "<|vision_start|><|video_pad|><|vision_end|>"
@@ -36,10 +40,16 @@ class Config(M.Config):
     def from_json(cls, path):
         """An official config.json (flat, `rope_scaling`) or a newer nested one (`text_config`, `rope_parameters`)."""
         common, _, v = M.Config.read(path, "qwen2_5_vl", interleaved=False, qk_norm=False, bias=True,
-                                  vision_act="silu")
+                                     vision_act="silu", legacy_yarn=True)
         c = cls(**common, window_size=v.get("window_size"), fullatt_blocks=v.ints("fullatt_block_indexes"),
                 tokens_per_second=v.get("tokens_per_second", float))
         c.check(path, FAMILY)
+        # the reference (4.51.3) builds q/k/v with biases and heads of hidden_size / num_attention_heads whatever the
+        # file says: a file that says otherwise describes another model
+        if not c.attn_bias or c.head_dim * c.n_heads != c.hidden_size:
+            key = "attention_bias false" if not c.attn_bias else f"head_dim {c.head_dim}"
+            raise M.ModelError(f"{path}: {key} does not fit Qwen2.5-VL, whose attention has q/k/v biases and heads of "
+                               f"hidden_size / num_attention_heads")
         if c.window_size < c.merge_size * c.patch_size:  # the window in merged tokens would be 0
             raise M.ModelError(f"{path}: vision_config.window_size {c.window_size} is under one merged token "
                                f"({c.merge_size * c.patch_size} pixels)")
@@ -130,6 +140,7 @@ def prompt_ids(tok, question, video, system=None):
     """The Instruct chat template's ids for one video and a question, the video expanded as the processor does: one
     block of n <|video_pad|>. video: a Video, or its <|video_pad|> count. system None: the template's default."""
     n = video.n_tokens if isinstance(video, V.Video) else int(video)
+    V.check_typed(FAMILY, question, system)
     text = V.chat_text(VIDEO_BLOCK + question, DEFAULT_SYSTEM if system is None else system)
     return V.expand_video(tok, text, [n], FAMILY)
 

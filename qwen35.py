@@ -27,6 +27,7 @@ import video as V
 FAMILY = V.Family("qwen3_5", "Qwen3.5", patch=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), fused_normalize=True,
                   sampler="processor", min_pixels=4096, max_pixels=None, total_pixels=25165824,
                   strict_pixel_limits=False, special_tokens=Q25.FAMILY.special_tokens + ("<think>", "</think>"),
+                  vision_tokens=Q25.FAMILY.vision_tokens, config_tokens=Q25.FAMILY.config_tokens,
                   stop_tokens=Q25.FAMILY.stop_tokens, group_text_tokens=8)
 THINK_CLOSED = "<think>\n\n</think>\n\n"  # the template's generation prompt with enable_thinking=False
 LAYER_TYPES = ("linear_attention", "full_attention")
@@ -65,6 +66,8 @@ class Config(M.Config):
                 lin_k_dim=t.get("linear_key_head_dim"), lin_v_dim=t.get("linear_value_head_dim"),
                 conv_kernel=t.get("linear_conv_kernel_dim"))
         c.check(path, FAMILY)
+        if c.yarn is not None:  # (5.23's YaRN for this family is not checked against: refused rather than guessed)
+            raise M.ModelError(f"{path}: {t.where}rope_parameters rope_type 'yarn' is not implemented for Qwen3.5")
         if c.lin_v_heads % c.lin_k_heads:
             raise M.ModelError(f"{path}: {t.where}linear_num_value_heads {c.lin_v_heads} is not a multiple of "
                                f"linear_num_key_heads {c.lin_k_heads}")
@@ -207,6 +210,7 @@ def prompt_ids(tok, question, video, system=None, thinking=True):
     frame-group blocks. The template trims the user's and the system's text; thinking opens the answer with <think>
     (the template's default), thinking=False closes it at once (enable_thinking=False)."""
     V.check_thinking(tok, FAMILY)
+    V.check_typed(FAMILY, question, system)
     blocks, counts = Q3.timed_blocks(video, FAMILY)
     user = f"<|vision_start|>{blocks}<|vision_end|>{question}".strip()
     system = None if system is None else system.strip()

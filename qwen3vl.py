@@ -20,7 +20,8 @@ import video as V
 FAMILY = V.Family("qwen3_vl", "Qwen3-VL", patch=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), fused_normalize=True,
                   sampler="qwen-vl-utils", min_pixels=128 * 32 * 32, max_pixels=768 * 32 * 32,
                   total_pixels=128000 * 32 * 32 * 0.9, strict_pixel_limits=True,
-                  special_tokens=Q25.FAMILY.special_tokens, stop_tokens=Q25.FAMILY.stop_tokens, group_text_tokens=8)
+                  special_tokens=Q25.FAMILY.special_tokens, vision_tokens=Q25.FAMILY.vision_tokens,
+                  config_tokens=Q25.FAMILY.config_tokens, stop_tokens=Q25.FAMILY.stop_tokens, group_text_tokens=8)
 
 
 @dataclass
@@ -143,6 +144,7 @@ def prompt_ids(tok, question, video, system=None, thinking=False):
     the 4.57 processor does; no system turn unless given."""
     if thinking:
         V.check_thinking(tok, FAMILY)
+    V.check_typed(FAMILY, question, system)
     blocks, counts = timed_blocks(video, FAMILY)
     return V.expand_video(tok, V.chat_text(blocks + question, system, V.THINK_OPEN if thinking else ""), counts, FAMILY)
 

@@ -11,11 +11,13 @@ import os
 import re
 import time
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 import cli as C
+import video as V
 from vreason import MODES
 from videor1 import SUFFIX
 
@@ -83,11 +85,25 @@ def read_records(out, skipped=None):
     return recs
 
 
-def read_bytes(path):
+def read_bytes(path):  # a records file, whole; a directory, a FIFO (it would block) or an unreadable file: one line
     try:
+        if why := V.not_regular(path):
+            raise OSError(0, why)
         return Path(path).read_bytes()
     except OSError as e:
         raise C.UsageError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def one_checkpoint(recs, run_dir):
+    """--report over records of two checkpoints (rank files gathered from two runs) is refused, naming both: a table
+    would pool their numbers in one row. A checkpoint is its resolved directory and fingerprint, as for a resume."""
+    models = Counter((str(s.get("model_dir")), str(s["model_fingerprint"])) for s in (r["settings"] for r in recs.values())
+                     if "model_fingerprint" in s)  # (an older eval.py's records name the model by --model alone: not compared)
+    if len(models) > 1:
+        (a, fa), (b, fb) = list(models)[:2]
+        raise C.UsageError(f"--report: {run_dir} holds records of {len(models)} checkpoints: {a} (fingerprint {fa}, "
+                           f"{models[a, fa]} records) and {b} (fingerprint {fb}, {models[b, fb]} records); report each "
+                           f"from a directory of its own")
 
 
 def note_skipped(skipped):  # one line for the lines read_records skipped, naming the first
@@ -485,6 +501,7 @@ def report(run_dir):
     recs = read_records(run_dir, skipped)
     if not recs:  # (no "reading" line before: the one line says it all)
         raise C.UsageError(none)
+    one_checkpoint(recs, run_dir)
     note_skipped(skipped)
     items = {}  # dataset -> id -> what summarize needs, in the order first recorded
     for (n, i, m), r in recs.items():

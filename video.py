@@ -39,6 +39,8 @@ class Family:
     total_pixels: float       # the whole video (qwen-vl-utils VIDEO_TOTAL_PIXELS; processor: size["longest_edge"])
     strict_pixel_limits: bool  # qwen-vl-utils >= 0.0.14 asserts max_pixels >= min_pixels
     special_tokens: tuple     # what the tokenizer must know (load_tokenizer)
+    vision_tokens: tuple      # what only the prompt itself places: refused in text a user typed (vision_token_in)
+    config_tokens: tuple      # (config.json key, the token its id must name) pairs, checked by load_tokenizer
     stop_tokens: tuple        # generation ends at any of these
     group_text_tokens: int    # at most this many text tokens beside its pads per frame group (the prompt-length bound)
     video_pad: str = "<|video_pad|>"
@@ -360,43 +362,88 @@ def load_video(path, fam: Family, fps: float | None = None, nframes: int | None 
 
 # ----------------------------------------------------------------------------- prompt
 
-def load_tokenizer(model_dir, fam: Family) -> Tokenizer:
-    """The checkpoint's tokenizer.json, which must know the family's special tokens."""
-    path = os.path.join(os.fspath(model_dir), "tokenizer.json")
-    if not os.path.isfile(path):
-        raise VideoError(f"tokenizer.json not found in {model_dir}")
+def not_regular(path):
+    """Why `path` is no file to read: a directory, or another non-regular file (a FIFO, on which open would wait for a
+    writer); None for a regular file (and for a missing path, which open reports)."""
+    if os.path.isfile(path) or not os.path.lexists(path):
+        return None
+    return "Is a directory" if os.path.isdir(path) else "not a regular file"
+
+
+def read_text(path, error=None) -> str:
+    """A text file of the model directory; a file that cannot be read (a directory, no permission) or is not UTF-8 is
+    a one-line `error` (VideoError by default) naming it, never a traceback."""
+    if why := not_regular(path):
+        raise (error or VideoError)(f"cannot read {path}: {why}")
     try:
-        tok = Tokenizer.from_file(path)
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise (error or VideoError)(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise (error or VideoError)(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
+def load_tokenizer(model_dir, fam: Family, config=None) -> Tokenizer:
+    """The checkpoint's tokenizer.json, which must know the family's special tokens. Given the checkpoint's config
+    (model.Config), its special-token ids are checked against the tokenizer too (fam.config_tokens): a config and a
+    tokenizer of two checkpoints would otherwise fail (or mislead) only where the positions are computed."""
+    path = os.path.join(os.fspath(model_dir), "tokenizer.json")
+    if not os.path.lexists(path):
+        raise VideoError(f"tokenizer.json not found in {model_dir}")
+    text = read_text(path)
+    try:
+        tok = Tokenizer.from_str(text)
     except Exception as e:                                         # tokenizers raises a bare Exception
         raise VideoError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     missing = [t for t in fam.special_tokens if tok.token_to_id(t) is None]
     if missing:
         raise VideoError(f"{path} is not a {fam.name} tokenizer: missing {', '.join(missing)}")
+    for key, token in fam.config_tokens if config is not None else ():
+        have, want = getattr(config, key), tok.token_to_id(token)
+        if have != want:
+            named = tok.id_to_token(have)
+            raise VideoError(f"{os.path.join(os.fspath(model_dir), 'config.json')}: {key} is {have}, which {path} "
+                             f"{f'names {named}' if named else 'does not have'} ({token} is {want} there): the config "
+                             f"and the tokenizer are not of one checkpoint")
     return tok
 
 
 def chat_template(model_dir) -> str | None:
     """The chat template text a checkpoint ships, where transformers' processor looks for it: chat_template.jinja,
-    then chat_template.json, then tokenizer_config.json's "chat_template". None if there is none."""
+    then chat_template.json, then tokenizer_config.json's "chat_template". None if there is none. A set of named
+    templates (a list of {"name", "template"}, or an object of them) gives its "default" one, as transformers does."""
     model_dir = os.fspath(model_dir)
     jinja = os.path.join(model_dir, "chat_template.jinja")
-    if os.path.isfile(jinja):
-        with open(jinja, encoding="utf-8") as f:
-            return f.read()
+    if os.path.lexists(jinja):
+        return read_text(jinja)
     for name in ("chat_template.json", "tokenizer_config.json"):
         path = os.path.join(model_dir, name)
-        if not os.path.isfile(path):
+        if not os.path.lexists(path):
             continue
         try:
-            with open(path, encoding="utf-8") as f:
-                template = json.load(f).get("chat_template")
+            template = json.loads(read_text(path)).get("chat_template")
         except (ValueError, AttributeError) as e:
             raise VideoError(f"cannot read {path}: {str(e).splitlines()[0]}") from e
+        if isinstance(template, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in template):
+            template = {t["name"]: t.get("template") for t in template}
+        if isinstance(template, dict):
+            if "default" not in template:
+                raise VideoError(f"{path}: chat_template names no 'default' template (it has "
+                                 f"{', '.join(map(repr, template))}), which transformers refuses too")
+            template = template["default"]
         if template is not None:
             if not isinstance(template, str):
-                raise VideoError(f"{path}: chat_template is not a single template string")
+                raise VideoError(f"{path}: chat_template is not a template string, nor a list of named ones")
             return template
     return None
+
+
+def vision_token_in(text, tokens):
+    """The first of the vision tokens `tokens` (a Family's vision_tokens) that a text the user typed holds, or None:
+    the tokenizer reads each as its special token wherever the text holds it, and a stray one in a question would
+    open, close or fill a visual block the positions do not have."""
+    return next((t for t in tokens if t in text), None)
 
 
 def thinking_template(model_dir) -> bool:
@@ -431,6 +478,12 @@ def expand_video(tokenizer: Tokenizer, text: str, counts: list, fam: Family) -> 
         else:
             out.append(i)
     return out
+
+
+def check_typed(fam: Family, question: str, system: str | None):  # (the front ends check the flags up front too)
+    for what, typed in (("question", question), ("system prompt", system)):
+        if typed is not None and (token := vision_token_in(typed, fam.vision_tokens)):
+            raise VideoError(f"the {what} must not contain {token}: vision tokens are the prompt's own")
 
 
 def check_thinking(tokenizer: Tokenizer, fam: Family):

@@ -5,15 +5,18 @@ tests/test_qwen3vl.py through conftest.oracle3:
 
 Writes tiny random Qwen3-VL checkpoints with save_pretrained (the official layout: untied + sharded, tied + one file)
 and, for each case that qwen3_cases.py lists, the reference outputs (vision features and every DeepStack feature,
-get_rope_index positions, prefill + decode-step logits, greedy `generate` tokens) into OUT_DIR/reference.pt.
+get_rope_index positions, prefill + decode-step logits, greedy `generate` tokens) into OUT_DIR/reference.pt; then,
+for each YaRN rope_scaling of qwen3_cases.YARN, a copy of the untied checkpoint with it and its logits.
 """
+import json
 import os
+import shutil
 import sys
 
 import torch
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-from qwen3_cases import CHECKPOINTS, GENERATE, GRIDS, LOGITS, STOP, pixels, prompt
+from qwen3_cases import CHECKPOINTS, GENERATE, GRIDS, LOGITS, STOP, YARN, YARN_LOGITS, pixels, prompt
 
 
 def config(tie, layers=3, vocab=151936):
@@ -50,15 +53,7 @@ def main(out):
                 kw = dict(video_grid_thw=torch.tensor([grid])) if grid else {}
                 pos, delta = m.model.get_rope_index(torch.tensor([ids]), None, kw.get("video_grid_thw"), torch.ones(1, len(ids)))
                 r["positions"][grid] = (pos[:, 0], int(delta))
-            for grid, steps in LOGITS:  # prefill, then `steps` decode steps feeding a fixed continuation (full forwards)
-                ids, out_l = prompt(grid), []
-                for s in range(steps + 1):
-                    full = ids + [1000 + 37 * j for j in range(s)]
-                    kw = dict(pixel_values_videos=pixels(grid), video_grid_thw=torch.tensor([grid])) if grid else {}
-                    m.model.rope_deltas = None
-                    out_l.append(m(input_ids=torch.tensor([full]), attention_mask=torch.ones(1, len(full), dtype=torch.long),
-                                   **kw).logits[0, -1].clone())
-                r["logits"][grid] = out_l
+            r["logits"] = logits(m, LOGITS)
             for grid, n in GENERATE:
                 ids = prompt(grid, seed=1)
                 kw = dict(pixel_values_videos=pixels(grid, 1), video_grid_thw=torch.tensor([grid])) if grid else {}
@@ -67,7 +62,33 @@ def main(out):
                                max_new_tokens=n, do_sample=False, repetition_penalty=1.0, temperature=None, top_p=None,
                                top_k=None, eos_token_id=list(STOP), pad_token_id=151643, **kw)
                 r["generate"][grid] = g[0, len(ids):].tolist()
+    for name, rope in YARN.items():  # the untied weights under a YaRN rope_scaling
+        d = os.path.join(out, name)
+        shutil.copytree(os.path.join(out, "untied"), d)
+        cfg = json.load(open(os.path.join(d, "config.json")))
+        text = cfg["text_config"]
+        text["rope_scaling"] = {**rope, "mrope_section": text["rope_scaling"]["mrope_section"], "mrope_interleaved": True}
+        json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
+        m = Qwen3VLForConditionalGeneration.from_pretrained(d, torch_dtype=torch.float32, attn_implementation="eager").eval()
+        rotary = m.model.language_model.rotary_emb
+        with torch.no_grad():
+            ref[name] = {"logits": logits(m, YARN_LOGITS), "rope_type": rotary.rope_type, "scale": rotary.attention_scaling}
     torch.save(ref, os.path.join(out, "reference.pt"))
+
+
+def logits(m, cases):
+    """Per (grid, steps): the logits of the prompt's last row, then of `steps` decode steps feeding a fixed
+    continuation, each a full forward."""
+    out = {}
+    for grid, steps in cases:
+        ids, out[grid] = prompt(grid), []
+        for s in range(steps + 1):
+            full = ids + [1000 + 37 * j for j in range(s)]
+            kw = dict(pixel_values_videos=pixels(grid), video_grid_thw=torch.tensor([grid])) if grid else {}
+            m.model.rope_deltas = None
+            out[grid].append(m(input_ids=torch.tensor([full]), attention_mask=torch.ones(1, len(full), dtype=torch.long),
+                               **kw).logits[0, -1].clone())
+    return out
 
 
 if __name__ == "__main__":

@@ -14,6 +14,16 @@ GRIDS = [[(1, 6, 10)], [(2, 12, 8)], [(3, 10, 14)], [(4, 6, 6)], [(1, 4, 4), (2,
 LOGITS = [((2, 12, 8), 3), ((3, 10, 14), 3), ((1, 6, 10), 3), (None, 3)]  # (grid, decode steps); None = text only
 GENERATE = [((2, 12, 8), 40), ((3, 6, 10), 40)]
 
+# YaRN copies of the untied checkpoint (same weights; mrope_section and mrope_interleaved added to this rope_scaling),
+# under names of their own, and the logits cases run on them. The checkpoint has head_dim 32, rope_theta 5e6 and
+# max_position_embeddings 32768.
+YARN = {"yarn-card": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096},  # 4.57: factor 4
+        "yarn-betas": {"rope_type": "yarn", "factor": 2.0, "beta_fast": 16.0, "beta_slow": 2.0, "mscale": 1.0,
+                       "mscale_all_dim": 0.5, "truncate": False},
+        "yarn-attention": {"rope_type": "yarn", "factor": 3.0, "attention_factor": 0.9,
+                           "original_max_position_embeddings": 256}}
+YARN_LOGITS = [((2, 12, 8), 3), (None, 3)]
+
 
 def pixels(grid, seed=0):
     t, h, w = grid

@@ -18,6 +18,7 @@ from clips import write_audio_only, write_clip, write_empty_video
 from conftest import ROOT
 
 import cli as C
+import qwen25vl
 
 SMALL = ["--min-pixels", "3136", "--max-pixels", "12544", "--max-new-tokens", "8"]
 
@@ -122,7 +123,7 @@ def _bad(capsys, tmp_path, argv):
     assert C.main([*argv, "--json", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("vreason: error:") and "Traceback" not in err, err
-    assert not out.exists() and not any(p.name.startswith("out.json") for p in tmp_path.iterdir())
+    assert not out.exists() and not any(p.name.startswith(("out.json", ".vreason-")) for p in tmp_path.iterdir())
     return err
 
 
@@ -213,6 +214,19 @@ def _set_text(d, **kw):
 
 def _set_vision(d, **kw):
     _edit(d, lambda j: j["vision_config"].update(kw))
+
+
+def _rope_type(j, kind, **more):  # the rope dict's type (both its keys, where it has two: Qwen2.5-VL's), more keys
+    rope = _rope(j)
+    rope.update({k: kind for k in ("rope_type", "type") if k in rope or k == "rope_type"}, **more)
+
+
+def _other_tokenizer(d):  # every Qwen VL special token, at another family's ids
+    from tokenizers import Tokenizer, models
+
+    tok = Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>"))
+    tok.add_special_tokens(list(qwen25vl.FAMILY.special_tokens))  # ids 2, 3, ...: <|video_pad|> is 6
+    tok.save(str(d / "tokenizer.json"))
 
 
 def _plain_tokenizer(d):
@@ -322,6 +336,80 @@ BAD_MODEL_DIRS = {
     "NaN weights": (_nan_weights, "non-finite logits at generated token 0 (NaN/inf weights, float16 overflow, too large a --lr)"),
     "tokenizer without vision tokens": (_plain_tokenizer, "{d}/tokenizer.json is not a {fam} tokenizer: missing ..."),
     "no tokenizer": (lambda d: os.remove(d / "tokenizer.json"), "tokenizer.json not found in {d}"),
+    "tokenizer.json a directory": (lambda d: os.remove(d / "tokenizer.json") or os.mkdir(d / "tokenizer.json"),
+                                   "cannot read {d}/tokenizer.json: Is a directory"),
+    "a shard a directory": (lambda d: os.remove(d / "model-00002-of-00003.safetensors") or
+                            os.mkdir(d / "model-00002-of-00003.safetensors"),
+                            "cannot read weight shard {d}/model-00002-of-00003.safetensors: Is a directory"),
+    # config.json's special-token ids against the tokenizer, before any position is computed
+    "video and image ids swapped": (lambda d: _set_config(d, video_token_id=151655, image_token_id=151656),
+                                    "{d}/config.json: video_token_id is 151655, which {d}/tokenizer.json names "
+                                    "<|image_pad|> (<|video_pad|> is 151656 there): the config and the tokenizer are not "
+                                    "of one checkpoint"),
+    "vision start naming another token": (lambda d: _set_config(d, vision_start_token_id=151653),
+                                          "{d}/config.json: vision_start_token_id is 151653, which {d}/tokenizer.json "
+                                          "names <|vision_end|> (<|vision_start|> is 151652 there): the config and the "
+                                          "tokenizer are not of one checkpoint"),
+    "a tokenizer of another family": (_other_tokenizer,
+                                      "{d}/config.json: video_token_id is 151656, which {d}/tokenizer.json does not "
+                                      "have (<|video_pad|> is 6 there): the config and the tokenizer are not of one "
+                                      "checkpoint"),
+    # the chat template (read for Qwen3-VL, whose Thinking releases it tells apart; Qwen2.5-VL's prompt is fixed)
+    "chat_template.jinja not UTF-8": (lambda d: (d / "chat_template.jinja").write_bytes(b"{{ '\xff' }}"),
+                                      "{d}/chat_template.jinja: not UTF-8 text (byte 4)", [Q3]),
+    "chat_template.jinja unreadable": (lambda d: os.mkdir(d / "chat_template.jinja"),
+                                       "cannot read {d}/chat_template.jinja: Is a directory", [Q3]),
+    "named templates without a default": (lambda d: (d / "chat_template.json").write_text(
+        json.dumps({"chat_template": [{"name": "tool_use", "template": "x"}]})),
+        "{d}/chat_template.json: chat_template names no 'default' template (it has 'tool_use'), which transformers "
+        "refuses too", [Q3]),
+    # config keys that would change the computation and are not implemented: refused, never ignored (PORTING.md)
+    **{f"rope_type {kind}": (lambda d, kind=kind: _edit(d, lambda j: _rope_type(j, kind, factor=2.0)),
+                             f"{{d}}/config.json: {{t}}rope_scaling.rope_type '{kind}' is not implemented (implemented: "
+                             f"'default' M-RoPE, 'yarn')") for kind in ("linear", "dynamic", "longrope", "llama3")},
+    "type and rope_type disagree": (lambda d: _edit(d, lambda j: _rope(j).update(type="yarn", factor=4.0)),
+                                    "{d}/config.json: {t}rope_scaling.type 'yarn' and {t}rope_scaling.rope_type 'default' "
+                                    "disagree: give one"),
+    "a YaRN factor under rope_type default": (lambda d: _edit(d, lambda j: _rope(j).update(factor=4.0)),
+                                              "{d}/config.json: {t}rope_scaling.factor is not a key of rope_type 'default' "
+                                              "implemented here; refused rather than ignored"),
+    "a key YaRN does not take": (lambda d: _edit(d, lambda j: _rope_type(j, "yarn", factor=4.0, low_freq_factor=1.0)),
+                                 "{d}/config.json: {t}rope_scaling.low_freq_factor is not a key of rope_type 'yarn' "
+                                 "implemented here; refused rather than ignored"),
+    "YaRN without a factor": (lambda d: _edit(d, lambda j: _rope_type(j, "yarn")), "{d}/config.json: missing {t}rope_scaling.factor"),
+    "YaRN factor a string": (lambda d: _edit(d, lambda j: _rope_type(j, "yarn", factor="4")),
+                             "{d}/config.json: {t}rope_scaling.factor is '4', expected a positive number"),
+    "YaRN truncate false on Qwen2.5-VL": (lambda d: _edit(d, lambda j: _rope_type(j, "yarn", factor=4.0, truncate=False)),
+                                          "{d}/config.json: rope_scaling.truncate is false, which Qwen2.5-VL's reference "
+                                          "(transformers 4.51.3) does not read: it always rounds YaRN's ramp", [Q25]),
+    "interleaved M-RoPE on Qwen2.5-VL": (lambda d: _edit(d, lambda j: _rope(j).update(mrope_interleaved=True)),
+                                         "{d}/config.json: rope_scaling.mrope_interleaved is true, but Qwen2.5-VL's M-RoPE "
+                                         "is sectioned", [Q25]),
+    "sectioned M-RoPE on Qwen3-VL": (lambda d: _edit(d, lambda j: _rope(j).update(mrope_interleaved=False)),
+                                     "{d}/config.json: text_config.rope_scaling.mrope_interleaved is false, but Qwen3-VL's "
+                                     "M-RoPE is interleaved", [Q3]),
+    "rope dicts that differ by level": (lambda d: _set_config(d, rope_scaling={"rope_type": "yarn", "factor": 3.0}),
+                                        "{d}/config.json: rope_scaling and text_config.rope_scaling differ; which one "
+                                        "applies depends on the transformers version: keep one", [Q3]),
+    "sliding-window attention": (lambda d: _set_text(d, use_sliding_window=True),
+                                 "{d}/config.json: {t}use_sliding_window is true: sliding-window attention is not implemented"),
+    "a sliding layer": (lambda d: _set_text(d, layer_types=["full_attention", "sliding_attention"]),
+                        "{d}/config.json: {t}layer_types names a 'sliding_attention' layer: sliding-window attention is "
+                        "not implemented"),
+    # (partial rotary is implemented, for Qwen3.5: here the sections no longer fit the dims it turns)
+    "a partial rotary": (lambda d: _set_text(d, partial_rotary_factor=0.5), "{d}/config.json: mrope_section ..."),
+    "a partial rotary in the rope dict": (lambda d: _edit(d, lambda j: _rope(j).update(partial_rotary_factor=0.25)),
+                                          "{d}/config.json: mrope_section ..."),
+    "a quantized checkpoint": (lambda d: _set_config(d, quantization_config={"quant_method": "awq", "bits": 4}),
+                               "{d}/config.json: quantization_config (awq): quantized checkpoints are not supported; use "
+                               "the unquantized release"),
+    "Qwen2.5-VL without q/k/v biases": (lambda d: _set_config(d, attention_bias=False),
+                                        "{d}/config.json: attention_bias false does not fit Qwen2.5-VL, whose attention has "
+                                        "q/k/v biases and heads of hidden_size / num_attention_heads", [Q25]),
+    "Qwen2.5-VL heads of another size": (lambda d: _edit(d, lambda j: j.update(head_dim=32) or
+                                                         j["rope_scaling"].update(mrope_section=[4, 6, 6])),
+                                         "{d}/config.json: head_dim 32 does not fit Qwen2.5-VL, whose attention has q/k/v "
+                                         "biases and heads of hidden_size / num_attention_heads", [Q25]),
 }
 MODEL_DIR_CASES = [(case, fam) for case, v in BAD_MODEL_DIRS.items() for fam in (v[2] if len(v) > 2 else [Q25, Q3])]
 
@@ -335,6 +423,44 @@ def test_bad_model_dir(case, family, model_dirs, clip, tmp_path, capsys):
     message = message.format(d=d, t="text_config." if family == Q3 else "", fam=fam.name, patch=fam.patch)
     err = _bad(capsys, tmp_path, ["--video", clip, "--q", "x", "--model", str(d), *SMALL])
     assert err.startswith(f"vreason: error: {message[:-3]}") if message.endswith("...") else err == f"vreason: error: {message}"
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "model-00002-of-00003.safetensors"])
+def test_a_file_without_read_permission_says_so(name, model_dirs, clip, tmp_path, capsys, monkeypatch):
+    """A file of the model directory that cannot be read is reported as what it is (it used to be "No such file or
+    directory" for a shard). chmod 000, and, since root reads through that, EACCES where the file is opened."""
+    import builtins
+
+    d = _copy(model_dirs[Q25], tmp_path)
+    _replace(d / name, (d / name).read_bytes())  # (its own inode, not the shared hard link)
+    os.chmod(d / name, 0)
+    real_open, real_os_open = builtins.open, os.open
+
+    def denied(p):  # EACCES for that one file, as the kernel answers a user without the permission
+        if isinstance(p, (str, os.PathLike)) and os.path.realpath(p) == os.path.realpath(d / name):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), p)
+
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: denied(p) or real_open(p, *a, **k))
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: denied(p) or real_os_open(p, *a, **k))
+    err = _bad(capsys, tmp_path, ["--video", clip, "--q", "x", "--model", str(d), *SMALL])
+    what = "weight shard " if name.endswith(".safetensors") else ""
+    assert err == f"vreason: error: cannot read {what}{d / name}: Permission denied"
+
+
+@pytest.mark.parametrize("name,family", [("config.json", Q25), ("tokenizer.json", Q25), ("chat_template.jinja", Q3),
+                                         ("model-00002-of-00003.safetensors", Q25)])
+def test_a_fifo_in_the_model_directory_is_refused_not_read(name, family, model_dirs, clip, tmp_path, capsys):
+    """A FIFO where a file of the checkpoint goes: opening it would wait for a writer forever. Refused instead."""
+    d = _copy(model_dirs[family], tmp_path)
+    if os.path.lexists(d / name):
+        os.remove(d / name)
+    os.mkfifo(d / name)
+    out = tmp_path / "out.json"
+    argv = ["--video", clip, "--q", "x", "--model", str(d), *SMALL, "--json", str(out)]
+    assert _main_or_hang(argv, lambda: open(d / name, "w").close()) == 2
+    what = "weight shard " if name.endswith(".safetensors") else ""
+    assert capsys.readouterr().err == f"vreason: error: cannot read {what}{d / name}: not a regular file\n"
+    assert not out.exists()
 
 
 # ----------------------------------------------------------------------------- the request against the checkpoint and the machine
@@ -569,6 +695,59 @@ def test_bad_flags(case, model_dir, clip, tmp_path, capsys):
     assert err.startswith(f"vreason: error: {message[:-3]}") if message.endswith("...") else err == f"vreason: error: {message}"
 
 
+# Text the user types. A vision token in --q or --system would open, close or fill a visual block the positions do
+# not have; bytes that are not UTF-8 reach Python as lone surrogates (os.fsdecode's surrogateescape), which no
+# tokenizer takes and no UTF-8 record can hold. Each refused before anything is read: case -> (flags over the good
+# ones, or a callable tmp_path -> flags; the exact line after "vreason: error: ").
+LATIN1 = os.fsdecode(b"caf\xe9")  # 'caf\udce9', as Python hands over a Latin-1 argument
+
+
+def _latin1_video(t):  # a real clip under a Latin-1 file name: the name, not the file, is the problem
+    path = os.path.join(os.fsdecode(bytes(t)), os.fsdecode(b"clip\xe9.mp4"))
+    write_clip(path, n_frames=8, width=64, height=48, fps=4)
+    return ["--video", path]
+
+
+BAD_TEXT = {
+    "an image block in --q": (["--q", "What is in <|vision_start|><|image_pad|><|vision_end|>?"],
+                              "argument --q: holds <|vision_start|>, a vision token, which only the prompt itself places"),
+    "an image pad in --q": (["--q", "<|image_pad|>"],
+                            "argument --q: holds <|image_pad|>, a vision token, which only the prompt itself places"),
+    "a vision end in --q": (["--q", "the end <|vision_end|>"],
+                            "argument --q: holds <|vision_end|>, a vision token, which only the prompt itself places"),
+    "a vision pad in --q": (["--q", "<|vision_pad|>"],
+                            "argument --q: holds <|vision_pad|>, a vision token, which only the prompt itself places"),
+    "a video pad in --q": (["--q", "x <|video_pad|>"],
+                           "argument --q: holds <|video_pad|>, a vision token, which only the prompt itself places"),
+    "a vision start in --system": (["--system", "<|vision_start|>"],
+                                   "argument --system: holds <|vision_start|>, a vision token, which only the prompt "
+                                   "itself places"),
+    "a video pad in --system": (["--system", "You see <|video_pad|>."],
+                                "argument --system: holds <|video_pad|>, a vision token, which only the prompt itself places"),
+    "a Latin-1 question": (["--q", LATIN1], "argument --q: byte 0xe9 is not UTF-8; pass UTF-8 text (a file: by a UTF-8 "
+                                            "name; a symlink will do)"),
+    "a Latin-1 system prompt, --flag=value": ([f"--system={LATIN1}"],
+                                              "argument --system: byte 0xe9 is not UTF-8; pass UTF-8 text (a file: by a "
+                                              "UTF-8 name; a symlink will do)"),
+    "a Latin-1 video file name": (_latin1_video, "argument --video: byte 0xe9 is not UTF-8; pass UTF-8 text (a file: by a "
+                                                 "UTF-8 name; a symlink will do)"),
+    "a Latin-1 output name": (lambda t: ["--trace", os.path.join(str(t), LATIN1 + ".jsonl")],
+                              "argument --trace: byte 0xe9 is not UTF-8; pass UTF-8 text (a file: by a UTF-8 name; a "
+                              "symlink will do)"),
+    "half a character (not from bytes)": (["--q", "\ud83d"], "argument --q: not valid Unicode; pass UTF-8 text (a file: "
+                                                              "by a UTF-8 name; a symlink will do)"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TEXT)
+def test_bad_text(case, model_dir, clip, tmp_path, capsys, monkeypatch):
+    flags, message = BAD_TEXT[case]
+    flags = flags(tmp_path) if callable(flags) else flags
+    monkeypatch.setattr(C.M, "skeleton", lambda *a: pytest.fail("the checkpoint was read"))
+    err = _bad(capsys, tmp_path, ["--video", clip, "--q", "x", "--model", model_dir, *SMALL, *flags])
+    assert err == f"vreason: error: {message}"
+
+
 # ----------------------------------------------------------------------------- outputs
 
 def _read_only_dir(tmp_path):  # a directory we cannot create files in; root ignores mode bits, so /sys there
@@ -604,6 +783,18 @@ def test_bad_output(case, model_dir, clip, tmp_path, capsys):
     assert os.path.getsize(clip) > 0
 
 
+# Names the file system takes (NAME_MAX: 255 bytes) are taken: the atomic write's temp file is short whatever the name.
+GOOD_OUTPUT_NAMES = {"250 bytes": "r" * 245 + ".json", "255 bytes": "r" * 250 + ".json",
+                     "254 bytes of UTF-8": "é" * 124 + "r.json"}
+
+
+@pytest.mark.parametrize("case", GOOD_OUTPUT_NAMES)
+def test_every_name_the_file_system_takes_is_taken(case, model_dir, clip, tmp_path, capsys):
+    name = GOOD_OUTPUT_NAMES[case]
+    assert C.main(["--video", clip, "--q", "x", "--model", model_dir, *SMALL, "--quiet", "--json", str(tmp_path / name)]) == 0
+    assert os.listdir(tmp_path) == [name] and len(strict((tmp_path / name).read_text())["token_ids"]) == 8
+
+
 def test_an_output_onto_the_checkpoint_is_refused(model_dir, clip, capsys):
     config = os.path.join(model_dir, "config.json")
     before = open(config).read()
@@ -623,16 +814,16 @@ def _char_device(tmp_path, name, minor):
     return str(p)
 
 
-def _main_or_hang(argv, unblock, timeout=60):
-    """C.main(argv) in a thread; if it hangs (a FIFO opened blocking), unblock() it and fail rather than hang."""
+def _main_or_hang(argv, unblock, timeout=60, main=C.main):
+    """main(argv) in a thread; if it hangs (a FIFO opened blocking), unblock() it and fail rather than hang."""
     result = []
-    t = threading.Thread(target=lambda: result.append(C.main(argv)), daemon=True)
+    t = threading.Thread(target=lambda: result.append(main(argv)), daemon=True)
     t.start()
     t.join(timeout)
     if t.is_alive():
         unblock()
         t.join(timeout)
-        pytest.fail("the CLI blocked")
+        pytest.fail(f"{main.__module__}.main blocked")
     return result[0]
 
 

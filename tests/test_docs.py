@@ -6,6 +6,7 @@ import os
 import re
 
 from conftest import ROOT
+from test_cli import model_dir  # noqa: F401  (fixture: the tiny checkpoint and a real tokenizer)
 
 
 def read(path):
@@ -47,3 +48,14 @@ def test_nothing_refers_outside_the_repository():
     for path in files("*.py", "*.md", "docs/*.md", "tests/*.py", "tests/data/*"):
         if path != os.path.join("tests", "test_docs.py"):
             assert not re.search(r"\.\./shared|shared/spec|spec §", read(path)), path
+
+
+def test_readme_library_example_runs(model_dir, monkeypatch, capsys):  # noqa: F811
+    """The README's library example as written, on the tiny checkpoint, 4 tokens."""
+    code = re.search(r"## As a library\n\n```python\n(.*?)```", read("README.md"), re.S).group(1)
+    code = code.replace('cli.resolve_model("Qwen/Qwen2.5-VL-7B-Instruct")', repr(model_dir))
+    code = code.replace('R.Settings(mode="vreason")', 'R.Settings(mode="vreason", max_new_tokens=4)')
+    monkeypatch.chdir(ROOT)
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[1].endswith("2 updates")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from clips import write_clip
 from conftest import IM_END, ROOT
-from test_cli import model_dir  # noqa: F401  (fixture: tiny checkpoint + real tokenizer)
+from test_cli import _main_or_hang, model_dir  # noqa: F401  (model_dir: fixture, tiny checkpoint + real tokenizer)
 
 import cli as C
 import eval as E
@@ -260,6 +260,30 @@ def test_resume_skips_lines_that_are_not_records(bench, model_dir, fake, tmp_pat
     assert {(r["dataset"], r["mode"]) for r in records(out)} == {(d, m) for d in ("mc", "vsi") for m in R.MODES}
 
 
+# A records file that is no file to read, in a resume and in --report: (break it, what the one line says it is)
+BAD_RECORD_FILES = {
+    "a directory": (os.mkdir, "Is a directory"),
+    "a FIFO": (os.mkfifo, "not a regular file"),
+    "unreadable": (lambda p: os.symlink("/proc/self/mem", p), "Input/output error"),  # (a file root cannot read either)
+}
+
+
+@pytest.mark.parametrize("when", ["resume", "report"])
+@pytest.mark.parametrize("case", BAD_RECORD_FILES)
+def test_a_records_file_that_cannot_be_read(case, when, bench, model_dir, fake, tmp_path, capsys):
+    out = tmp_path / "out"
+    run = args(bench, out, "--model", model_dir, "--limit", "1", "--modes", "baseline")
+    assert E.main(run) == 0
+    breaker, why = BAD_RECORD_FILES[case]
+    breaker(str(out / "records.rank1.jsonl"))  # (another rank's: this rank's own is the one it appends to)
+    fake["generate"].clear()
+    capsys.readouterr()
+    fifo = out / "records.rank1.jsonl"
+    assert _main_or_hang(run if when == "resume" else ["--report", str(out)], lambda: open(fifo, "w").close(), main=E.main) == 2
+    err = capsys.readouterr().err
+    assert err == f"eval: error: cannot read {out / 'records.rank1.jsonl'}: {why}\n" and fake["generate"] == []
+
+
 def test_resume_refuses_other_settings(bench, model_dir, fake, tmp_path, capsys):
     out = tmp_path / "out"
     assert E.main(args(bench, out, "--model", model_dir, "--modes", "baseline", "--limit", "1")) == 0
@@ -392,6 +416,60 @@ def test_a_second_run_on_one_out_is_refused(bench, model_dir, fake, tmp_path, ca
         os.close(fd)
 
 
+# A dataset entry whose text the tokenizer or a record cannot take is that entry's problem, at load time, with its
+# place: entry fields over the good entry -> the line after "eval: error: <file>: line 1: ".
+BAD_TEXT_ENTRIES = {
+    "an image block in the problem": ({"problem": "Is <|vision_start|><|image_pad|><|vision_end|> red?"},
+                                      "its question holds <|vision_start|>, a vision token, which only the prompt itself "
+                                      "places"),
+    "a vision end in an option": ({"options": ["A. <|vision_end|>", "B. y"]},
+                                  "its question holds <|vision_end|>, a vision token, which only the prompt itself places"),
+    "a video pad in the problem": ({"problem": "<|video_pad|>"},
+                                   "its question holds <|video_pad|>, a vision token, which only the prompt itself places"),
+    "half a character in the problem": ({"problem": "caf\udce9"},
+                                        "it holds a lone surrogate (a \\u escape of half a character), not text"),
+    "half a character in the id": ({"problem_id": "\ud83d"},
+                                   "it holds a lone surrogate (a \\u escape of half a character), not text"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TEXT_ENTRIES)
+def test_dataset_text_the_prompt_cannot_take(case, tmp_path, capsys):
+    fields, message = BAD_TEXT_ENTRIES[case]
+    line = json.dumps({**ENTRIES["eval_mc.jsonl"][0], **fields})  # (ensure_ascii: a surrogate goes in as \udce9)
+    assert _bad_data(tmp_path, capsys, "x.jsonl", line + "\n") == f"eval: error: {tmp_path / 'x.jsonl'}: line 1: {message}"
+
+
+def _pipe(text):  # --data through a pipe, as the shell passes <(cat x.jsonl): /dev/fd/N, a name without a suffix
+    r, w = os.pipe()
+    os.write(w, text.encode())
+    os.close(w)
+    return f"/dev/fd/{r}"
+
+
+def _file(t, name, text):
+    (t / name).write_text(text)
+    return str(t / name)
+
+
+# --data's format is its content's: a JSON list opens with "[", anything else is JSON lines, whatever the name
+DATA_FORMATS = {
+    "JSON lines through a pipe": lambda t, rows: _pipe("".join(json.dumps(x) + "\n" for x in rows)),
+    "a JSON list through a pipe": lambda t, rows: _pipe(json.dumps(rows, indent=1)),
+    "JSON lines named .json": lambda t, rows: _file(t, "eval_x.json", "".join(json.dumps(x) + "\n" for x in rows)),
+    "a JSON list named .jsonl": lambda t, rows: _file(t, "eval_x.jsonl", " \n" + json.dumps(rows)),
+}
+
+
+@pytest.mark.parametrize("case", DATA_FORMATS)
+def test_data_format_is_read_from_the_content(case, bench, model_dir, fake, tmp_path, capsys):
+    data, out = DATA_FORMATS[case](tmp_path, ENTRIES["eval_mc.jsonl"][:2]), tmp_path / "out"
+    argv = ["--data", data, "--video-root", str(bench), "--out", str(out), *VIDEO, "--model", model_dir, "--modes", "baseline"]
+    assert E.main(argv) == 0, capsys.readouterr().err
+    name = "x" if "named" in case else os.path.basename(data)  # (a pipe's name: its fd number)
+    assert [(r["dataset"], r["id"]) for r in records(out)] == [(name, "1"), (name, "2")]
+
+
 @pytest.mark.parametrize("path", ["../c0.mp4", "a/../../c0.mp4", "/etc/passwd"])
 def test_video_paths_stay_inside_the_video_root(path, tmp_path, capsys):
     err = _bad_data(tmp_path, capsys, "x.jsonl", json.dumps(dict(ENTRIES["eval_mc.jsonl"][2], path=path)) + "\n")
@@ -494,7 +572,17 @@ REQUEST_ERRORS = {  # case: (argv of bench, model_dir, tmp_path, out; the one li
         lambda b, m, t, o: [*_data(b, o), "--video-root", str(b), "--model", m, "--min-pixels", "200000"],
         "--min-pixels 200000 is above --max-pixels 100352 (eval's default for Qwen2.5-VL: 128 tokens a frame)"),
     "a video pad in the system prompt": (lambda b, m, t, o: args(b, o, "--model", m, "--system", "You see <|video_pad|>."),
-                                         "the question and system prompt must not contain <|video_pad|>"),
+                                         "argument --system: holds <|video_pad|>, a vision token, which only the prompt "
+                                         "itself places"),
+    "an image block in the system prompt": (
+        lambda b, m, t, o: args(b, o, "--model", m, "--system", "<|vision_start|><|image_pad|><|vision_end|>"),
+        "argument --system: holds <|vision_start|>, a vision token, which only the prompt itself places"),
+    "a Latin-1 system prompt": (lambda b, m, t, o: args(b, o, "--model", m, "--system", os.fsdecode(b"caf\xe9")),
+                                "argument --system: byte 0xe9 is not UTF-8; pass UTF-8 text (a file: by a UTF-8 name; a "
+                                "symlink will do)"),
+    "a Latin-1 --out name": (lambda b, m, t, o: args(b, os.path.join(str(o), os.fsdecode(b"r\xe9sults")), "--model", m),
+                             "argument --out: byte 0xe9 is not UTF-8; pass UTF-8 text (a file: by a UTF-8 name; a symlink "
+                             "will do)"),
     "video root missing": (lambda b, m, t, o: [*_data(b, o), "--video-root", str(t / "nope"), "--model", m],
                            "--video-root {t}/nope is not found"),
     "video root a file": (lambda b, m, t, o: [*_data(b, o), "--video-root", str(b / "c0.mp4"), "--model", m],
@@ -540,6 +628,33 @@ def test_a_failed_start_leaves_no_new_out(bench, model_dir, fake, tmp_path, caps
         assert E.main(args(bench, out, "--model", model_dir)) == 2
         assert capsys.readouterr().err.endswith("\neval: error: a shard cannot be read\n")
         assert out.exists() == there_before
+
+
+# The instants of a start that is interrupted (Ctrl-C) before the first record: what to interrupt, and the call
+# after which the KeyboardInterrupt comes
+INTERRUPTS = {"--out just made": ("os", "makedirs"), "its lock just taken": ("fcntl", "flock"),
+              "the weights loading": ("M", "load_model")}
+
+
+@pytest.mark.parametrize("case", INTERRUPTS)
+def test_an_interrupted_start_leaves_no_new_out(case, bench, model_dir, fake, tmp_path, capsys, monkeypatch):
+    """The README's promise: a run that stops before its first record leaves no new --out, however early the Ctrl-C."""
+    import fcntl
+
+    import model as M
+
+    module, name = INTERRUPTS[case]
+    module = {"os": os, "fcntl": fcntl, "M": M}[module]
+    real = getattr(module, name)
+
+    def then_interrupted(*a, **k):
+        real(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, name, then_interrupted)
+    out = tmp_path / "out"
+    assert E.main(args(bench, out, "--model", model_dir)) == 130
+    assert "interrupted" in capsys.readouterr().err and not out.exists() and fake["generate"] == []
 
 
 @pytest.mark.parametrize("name,text", [("eval_empty.json", "[]"), ("eval_empty.jsonl", ""), ("eval_blank.jsonl", "\n\n")])

@@ -195,6 +195,33 @@ def test_report_stats_without_matplotlib(tmp_path, capsys, monkeypatch):
     assert json.loads(json.dumps(report.paired(as_run, R.MODES, recs))) == json.loads((d / "summary.json").read_text())["paired"]
 
 
+# Rank files gathered from two runs: the records' checkpoints (directory, fingerprint) of rank 0 and rank 1
+TWO_CHECKPOINTS = {"another fingerprint": (("/m/a", "aaaa"), ("/m/a", "bbbb")),
+                   "another directory": (("/m/a", "aaaa"), ("/m/b", "aaaa"))}
+
+
+@pytest.mark.parametrize("case", TWO_CHECKPOINTS)
+def test_report_refuses_two_checkpoints(case, tmp_path, capsys):
+    """One table over them would pool two checkpoints' numbers in one row (and name one model): refused, naming
+    both. The same checkpoint in both files is one run."""
+    d = tmp_path / "run"
+    recs = synthetic_run(d, n_mc=4, n_vsi=2)
+    for r in recs.values():
+        r["settings"].update(zip(("model_dir", "model_fingerprint"), TWO_CHECKPOINTS[case][0]))
+    write_ranks(d, recs)
+    assert E.main(["--report", str(d)]) == 0
+    capsys.readouterr()
+    for r in recs.values():
+        if int(r["id"]) % 2:  # rank 1's
+            r["settings"].update(zip(("model_dir", "model_fingerprint"), TWO_CHECKPOINTS[case][1]))
+    write_ranks(d, recs)
+    assert E.main(["--report", str(d)]) == 2
+    (a, fa), (b, fb) = TWO_CHECKPOINTS[case]
+    assert capsys.readouterr().err == (f"eval: error: --report: {d} holds records of 2 checkpoints: {a} (fingerprint {fa}, "
+                                       f"9 records) and {b} (fingerprint {fb}, 9 records); report each from a directory "
+                                       f"of its own\n")
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "file", "only junk", "extra flag"])
 def test_report_bad_run_dir(case, tmp_path, capsys):
     d = tmp_path / "run"

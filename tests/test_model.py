@@ -268,3 +268,44 @@ def test_memory_need_of_the_7b(tmp_path):
     assert [round(x / 1e9, 2) for x in long] == [16.58, 1.59, 11.83]
     split = M.memory_need(skeleton, "cpu", torch.bfloat16, [torch.device("meta"), torch.device("cpu")], 1000, 1000)
     assert sum(w for w, _, _ in split.values()) == 2 * 8_292_166_656 and [kv for _, kv, _ in split.values()] == [need[1] // 4] * 2
+
+
+# ----------------------------------------------------------------------------- YaRN (rope_scaling rope_type "yarn")
+
+# rope_scaling of a YaRN copy of the tiny checkpoint (same weights; its mrope_section added), and what each exercises.
+# The tiny checkpoint has head_dim 16, rope_theta 1e6 and max_position_embeddings 32768.
+YARN = {
+    "model card": {"type": "yarn", "factor": 4, "original_max_position_embeddings": 4096},  # 4.51.3: factor 32768/4096
+    "betas and mscales": {"rope_type": "yarn", "factor": 2.0, "beta_fast": 16.0, "beta_slow": 2.0, "mscale": 1.0,
+                          "mscale_all_dim": 0.5},  # no original: max_position_embeddings is
+    "attention factor": {"rope_type": "yarn", "factor": 3.0, "attention_factor": 0.9, "original_max_position_embeddings": 256},
+}
+
+
+def yarn_copy(src, dst, rope):
+    """A copy of checkpoint `src` (shards hard-linked) whose config's rope dict is `rope` plus its mrope_section."""
+    shutil.copytree(src, dst, copy_function=lambda a, b: (os.link if a.endswith(".safetensors") else shutil.copy)(a, b))
+    cfg = json.load(open(os.path.join(dst, "config.json")))
+    text = cfg.get("text_config", cfg)
+    text["rope_scaling"] = {**rope, "mrope_section": text["rope_scaling"]["mrope_section"]}
+    json.dump(cfg, open(os.path.join(dst, "config.json"), "w"))
+    return dst
+
+
+@pytest.mark.parametrize("case", YARN)
+def test_yarn_matches_the_reference(pair, ckpt, tmp_path, case):
+    """YaRN as transformers 4.51.3 computes it for Qwen2.5-VL (its frequencies and attention scale on cos/sin):
+    prefill and decode logits equal to the reference's; they differ from the plain checkpoint's (the scaling acts),
+    and the vision tower, which has a rotary of its own, is untouched."""
+    plain, _ = pair
+    d = yarn_copy(ckpt, str(tmp_path / "yarn"), YARN[case])
+    ours, hf = M.load_model(d), hf_model(d)
+    assert hf.model.rotary_emb.rope_type == "yarn" and ours.c.yarn is not None
+    grid, spg = (2, 12, 20), 1.0
+    ids, px = prompt(grid[0] * grid[1] * grid[2] // 4), pixels(grid)
+    a, b, p = run_ours(ours, ids, grid, spg, px, 3), run_hf(hf, ids, grid, spg, px, 3), run_ours(plain, ids, grid, spg, px, 3)
+    for step, (x, y, z) in enumerate(zip(a, b, p)):
+        assert rel_diff(x, y) <= TOL, f"step {step}"
+        assert rel_diff(z, y) > 100 * TOL, f"step {step}: YaRN changed nothing"
+    with torch.no_grad():
+        assert torch.equal(ours.visual(px, [grid]), plain.visual(px, [grid]))

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 from conftest import rekeyed, rel_diff, tiny_eval
-from qwen3_cases import GENERATE, GRIDS, LOGITS, STOP, pixels, prompt
+from qwen3_cases import GENERATE, GRIDS, LOGITS, STOP, YARN, YARN_LOGITS, pixels, prompt
 
 import model as M
 import qwen3vl as Q3
@@ -76,6 +76,25 @@ def test_prefill_and_decode_logits_match(models, qwen3, name, grid, steps):
     ref = qwen3["ref"][name]["logits"][grid]
     for step, (a, b) in enumerate(zip(run_ours(models[name], grid, steps), ref)):
         assert rel_diff(a, b) <= TOL, f"step {step}"
+
+
+@pytest.mark.parametrize("name", YARN)
+@pytest.mark.parametrize("grid,steps", YARN_LOGITS, ids=str)
+def test_yarn_matches_the_reference(models, qwen3, name, grid, steps):
+    """YaRN as transformers 4.57.6 computes it for Qwen3-VL (factor as written, `truncate` read): prefill and decode
+    logits equal to the reference's on a YaRN copy of the untied checkpoint, and unlike the plain one's; the vision
+    tower (its own rotary) is untouched."""
+    ref = qwen3["ref"][name]
+    assert ref["rope_type"] == "yarn" and models[name].c.yarn["attention"] == ref["scale"] != 1
+    ours, plain = run_ours(models[name], grid, steps), run_ours(models["untied"], grid, steps)
+    for step, (a, b, p) in enumerate(zip(ours, ref["logits"][grid], plain)):
+        assert rel_diff(a, b) <= TOL, f"step {step}"
+        assert rel_diff(p, b) > 100 * TOL, f"step {step}: YaRN changed nothing"
+    if grid:
+        video = V.Video(pixels(grid), grid, None, {})
+        with torch.no_grad():
+            a, b = models[name].encode_video(video), models["untied"].encode_video(video)
+        assert all(torch.equal(x, y) for x, y in zip([a.embeds, *a.deepstack], [b.embeds, *b.deepstack]))
 
 
 @pytest.mark.parametrize("grid,n", GENERATE, ids=str)

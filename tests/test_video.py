@@ -463,7 +463,7 @@ def test_load_tokenizer_errors(tmp_path):
     from tokenizers import Tokenizer, models
     vocab = {"a": 0, "<|im_start|>": 1, "<|im_end|>": 2, "<|vision_start|>": 3, "<|vision_end|>": 4, "[UNK]": 5}
     Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
-    with pytest.raises(VideoError, match=r"missing <\|video_pad\|>$"):
+    with pytest.raises(VideoError, match=r"missing <\|video_pad\|>, <\|image_pad\|>$"):
         video.load_tokenizer(tmp_path, Q25)
 
 

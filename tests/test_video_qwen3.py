@@ -210,6 +210,12 @@ def test_thinking_template_rule(tmp_path):
     (d / "chat_template.jinja").write_text(TEMPLATES["thinking"])
     assert video.chat_template(d) == TEMPLATES["thinking"] and video.thinking_template(d)
     (d / "chat_template.jinja").unlink()
+    os.remove(d / "chat_template.json")
+    # named templates, as tokenizer_config.json may hold them: transformers takes "default" (without tools)
+    named = [{"name": "tool_use", "template": TEMPLATES["instruct"]}, {"name": "default", "template": TEMPLATES["thinking"]}]
+    for form in (named, {t["name"]: t["template"] for t in named}):
+        (d / "tokenizer_config.json").write_text(json.dumps({"chat_template": form}))
+        assert video.chat_template(d) == TEMPLATES["thinking"] and video.thinking_template(d)
     (d / "chat_template.json").write_text("{not json")
     with pytest.raises(VideoError, match="cannot read") as e:
         video.thinking_template(d)
