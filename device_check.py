@@ -1,13 +1,13 @@
 """The device check: one call on a GPU machine, one table (issue 12).
 
-    python device_check.py                 # CUDA, bf16 speed at Qwen2.5-VL-7B proportions (~8 minutes on a bare GPU)
-    python device_check.py --skip speed35,parity35      # the same, without the Qwen3.5 sections (4 and 5)
+    python device_check.py                 # CUDA: every section (those of Qwen3.5, 4 and 5, not yet timed on a GPU)
+    python device_check.py --skip speed35,parity35      # without them: ~8 minutes on a bare GPU
     python device_check.py --skip speed,long,parity,attention,cli   # the Qwen3.5 sections alone
     python device_check.py --device cpu    # dry run: every step on scaled-down shapes (its timings mean nothing)
 
 What it checks, on random weights written by transformers' save_pretrained (the official layout) and loaded by ours (it
 runs 3's speed rows and video-length prompt first, so that a run cut short keeps the targets, then 1, 3's attention
-A/B, and 2; each section's rows and device_check.json are written when it ends):
+A/B, and 2, then 4 and 5; each section's rows and device_check.json are written when it ends):
   1. parity, ours vs transformers, fp32 and bf16, both families (Qwen2.5-VL, Qwen3-VL), a mid-size checkpoint: vision
      features (and DeepStack's), prefill + 3 decode-step logits, greedy tokens (32); and, Qwen3-VL fp32, --compile
      (CUDA graphs, Triton products) against eager: logits and V-Reason's tokens;
