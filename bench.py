@@ -1,10 +1,12 @@
 """Speed and memory side by side: our model (model.py + vreason.generate) against transformers on the
-same random-weight checkpoints, and V-Reason / Lite against our baseline, for both families (Qwen2.5-VL, Qwen3-VL; the
-shape picks the family). transformers is a bench-only dependency: 4.51 for the Qwen2.5-VL shapes, 4.57 (the Qwen3-VL
-oracle venv) for the q3-* shapes, which need its Qwen3-VL classes.
+same random-weight checkpoints, and V-Reason / Lite against our baseline, for the three families (Qwen2.5-VL, Qwen3-VL,
+Qwen3.5; the shape picks the family). transformers is a bench-only dependency: 4.51 for the Qwen2.5-VL shapes, 4.57
+(the Qwen3-VL oracle venv) for the q3-* shapes, 5.23 (the Qwen3.5 oracle venv) for the q35-* shapes, which need its
+Qwen3-VL / Qwen3.5 classes.
 
     python bench.py                                  # 3b-slim, 7b-narrow, small; CPU fp32 (docs/performance.md#cpu-bench)
     .venv-oracle3/bin/python bench.py --shape q3-4b-slim   # Qwen3-VL-4B's layer width, 4 of 36 layers
+    .venv-oracle35/bin/python bench.py --shape q35-4b-slim  # Qwen3.5-4B's layer width, 8 of 32 layers (6 linear, 2 full)
     python bench.py --shape 3b --ours-only --new-tokens 33 --vr-tokens 32 --video-grid 2 16 16   # the real 3B (15 GB RAM)
     python bench.py --shape 7b --device cuda --dtype bfloat16
     python bench.py --smoke --json /tmp/bench.json   # tiny shapes, 1 run (CI: checks the script, not the speed)
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -32,15 +35,42 @@ import model as M
 import video as V
 import vreason as R
 
-IM_START, IM_END, ENDOFTEXT, VSTART, VEND, VPAD = 151644, 151645, 151643, 151652, 151653, 151656
-QUESTION = [3838, 8573, 1283, 279, 4935, 374, 14989, 30]  # "What happens after the ball is thrown?"
-ASSISTANT = [IM_END, 198, IM_START, 77091, 198]
-Q25_HEAD = [IM_START, 8948, 198, 2610, 525, 264, 10950, 17847, 13, IM_END, 198, IM_START, 872, 198]  # system + user
-Q3_HEAD = [IM_START, 872, 198]  # Qwen3-VL has no default system message
-QWEN25, QWEN3 = "qwen2_5_vl", "qwen3_vl"  # config.json model_type
-VISION = {QWEN25: (1280, 16, 3420), QWEN3: (1024, 16, 4096)}  # the real vision width, heads, intermediate
+QWEN25, QWEN3, QWEN35 = "qwen2_5_vl", "qwen3_vl", "qwen3_5"  # config.json model_type
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The ids a family's tokenizer gives the bench prompt: its special tokens and the fixed text around the video."""
+    im_start: int
+    im_end: int
+    endoftext: int
+    vstart: int  # <|vision_start|>, <|vision_end|>, <|image_pad|>, <|video_pad|>
+    vend: int
+    ipad: int
+    vpad: int
+    head: tuple  # the prompt before the video: Qwen2.5-VL's default system turn and the user's opening; else the latter
+    question: tuple  # "What happens after the ball is thrown?"
+    tail: tuple  # ends the user turn, opens the answer (Qwen3.5: with "<think>\n", as its template does by default)
+    seconds: int  # " seconds" of a timestamp "<0.5 seconds>" (Qwen3-VL, Qwen3.5; "<", digits, ".", ">" share their ids)
+
+
+def qwen2_tokens(head):  # Qwen2.5-VL and Qwen3-VL share one tokenizer
+    return Tokens(151644, 151645, 151643, 151652, 151653, 151655, 151656, head,
+                  (3838, 8573, 1283, 279, 4935, 374, 14989, 30), (151645, 198, 151644, 77091, 198), 6486)
+
+
+TOKENS = {
+    QWEN25: qwen2_tokens((151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645, 198, 151644, 872, 198)),
+    QWEN3: qwen2_tokens((151644, 872, 198)),  # Qwen3-VL has no default system message
+    QWEN35: Tokens(248045, 248046, 248044, 248053, 248054, 248056, 248057, (248045, 846, 198),
+                   (3710, 8311, 1238, 279, 4776, 369, 14555, 30), (248046, 198, 248045, 74455, 198, 248068, 198), 6283),
+}
+# the real vision width, heads, intermediate. Qwen3.5-4B's tower is Qwen3-VL-4B's without DeepStack (a public
+# config.json with Qwen3.5-4B's text sizes: depth 24, width 1024, 16 heads, intermediate 4096)
+VISION = {QWEN25: (1280, 16, 3420), QWEN3: (1024, 16, 4096), QWEN35: (1024, 16, 4096)}
 # name: family (config.json model_type), LM (hidden, layers, heads, kv heads, head dim, intermediate, vocab, tied),
-# vision (depth, width, heads, intermediate). Qwen3-VL-4B's sizes are its official config.json's.
+# vision (depth, width, heads, intermediate), and for Qwen3.5 its Gated DeltaNet (key heads, value heads, key dim,
+# value dim, conv kernel). Qwen3-VL-4B's sizes are its official config.json's.
 SHAPES = {
     "3b-slim": (QWEN25, (2048, 4, 16, 2, 128, 11008, 151936, True), (2, *VISION[QWEN25])),  # the 3B, 4 of its 36 layers
     "7b-narrow": (QWEN25, (1792, 2, 14, 2, 128, 9472, 152064, False), (2, *VISION[QWEN25])),  # 7B at half width, 2 of 28
@@ -54,10 +84,18 @@ SHAPES = {
     "q3-4b-slim": (QWEN3, (2560, 4, 32, 8, 128, 9728, 151936, True), (3, *VISION[QWEN3])),
     "q3-4b": (QWEN3, (2560, 36, 32, 8, 128, 9728, 151936, True), (24, *VISION[QWEN3])),  # the real sizes
     "q3-tiny": (QWEN3, (128, 2, 2, 1, 128, 256, 151936, True), (2, 64, 4, 96)),  # --smoke --shape q3-tiny
+    # Qwen3.5-4B's layers (Gated DeltaNet: 16 key heads, 32 value heads of 128; gated full attention: 16 q heads x 256,
+    # 4 kv heads, a quarter of each head rotated), 8 of its 32 in its 3:1 pattern, the last full attention; 3 of 24
+    # vision blocks. Its head (248k x 2560, tied) is 0.64B of the 1.5B
+    "q35-4b-slim": (QWEN35, (2560, 8, 16, 4, 256, 9216, 248320, True), (3, *VISION[QWEN35]), (16, 32, 128, 128, 4)),
+    "q35-4b": (QWEN35, (2560, 32, 16, 4, 256, 9216, 248320, True), (24, *VISION[QWEN35]), (16, 32, 128, 128, 4)),
+    "q35-tiny": (QWEN35, (128, 4, 2, 1, 256, 256, 248320, True), (2, 64, 4, 96), (2, 4, 32, 32, 4)),  # --smoke
 }
-HF_CLASS = {QWEN25: "Qwen2_5_VLForConditionalGeneration", QWEN3: "Qwen3VLForConditionalGeneration"}
+HF_CLASS = {QWEN25: "Qwen2_5_VLForConditionalGeneration", QWEN3: "Qwen3VLForConditionalGeneration",
+            QWEN35: "Qwen3_5ForConditionalGeneration"}
 VENV = {QWEN25: ".venv/bin/python (transformers 4.51, requirements-test.txt)",  # where each family's reference is
-        QWEN3: "the Qwen3-VL oracle venv, .venv-oracle3/bin/python (transformers 4.57, requirements-oracle3.txt)"}
+        QWEN3: "the Qwen3-VL oracle venv, .venv-oracle3/bin/python (transformers 4.57, requirements-oracle3.txt)",
+        QWEN35: "the Qwen3.5 oracle venv, .venv-oracle35/bin/python (transformers 5.23, requirements-oracle35.txt)"}
 med = statistics.median
 
 
@@ -69,22 +107,30 @@ def hf_class(family):
 
 
 def hf_config(name, std):
-    family, (D, L, H, KV, d, I, vocab, tied), (vd, vw, vh, vi) = SHAPES[name]
-    tokens = dict(image_token_id=151655, video_token_id=VPAD, vision_start_token_id=VSTART, vision_end_token_id=VEND)
+    family, (D, L, H, KV, d, I, vocab, tied), (vd, vw, vh, vi), *linear = SHAPES[name]
+    k = TOKENS[family]
+    tokens = dict(image_token_id=k.ipad, video_token_id=k.vpad, vision_start_token_id=k.vstart, vision_end_token_id=k.vend)
+    text = dict(vocab_size=vocab, hidden_size=D, intermediate_size=I, num_hidden_layers=L, num_attention_heads=H,
+                num_key_value_heads=KV, head_dim=d, rms_norm_eps=1e-6, max_position_embeddings=262144,
+                initializer_range=std, tie_word_embeddings=tied, hidden_act="silu", attention_bias=False)
+    vision = dict(depth=vd, hidden_size=vw, num_heads=vh, intermediate_size=vi, out_hidden_size=D, patch_size=16,
+                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3, num_position_embeddings=2304,
+                  hidden_act="gelu_pytorch_tanh", initializer_range=std)
+    if family == QWEN35:  # layer_types left to the config's rule: every 4th layer full attention (so the last, L % 4 == 0)
+        from transformers import Qwen3_5Config
+
+        (lk, lv, dk, dv, kernel), = linear
+        text.update(linear_num_key_heads=lk, linear_num_value_heads=lv, linear_key_head_dim=dk, linear_value_head_dim=dv,
+                    linear_conv_kernel_dim=kernel,
+                    rope_parameters=dict(rope_type="default", rope_theta=1e7, partial_rotary_factor=0.25,
+                                         mrope_section=[11, 11, 10], mrope_interleaved=True))  # 64 of head_dim 256
+        return Qwen3_5Config(text_config=text, vision_config=vision, tie_word_embeddings=tied, **tokens)
     if family == QWEN3:
         from transformers import Qwen3VLConfig
 
-        return Qwen3VLConfig(
-            text_config=dict(vocab_size=vocab, hidden_size=D, intermediate_size=I, num_hidden_layers=L,
-                             num_attention_heads=H, num_key_value_heads=KV, head_dim=d, rms_norm_eps=1e-6,
-                             rope_theta=5e6, max_position_embeddings=262144, initializer_range=std,
-                             rope_scaling=dict(rope_type="default", mrope_section=[24, 20, 20], mrope_interleaved=True),
-                             tie_word_embeddings=tied, hidden_act="silu", attention_bias=False),
-            vision_config=dict(depth=vd, hidden_size=vw, num_heads=vh, intermediate_size=vi, out_hidden_size=D,
-                               patch_size=16, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
-                               num_position_embeddings=2304, hidden_act="gelu_pytorch_tanh", initializer_range=std,
-                               deepstack_visual_indexes=[5, 11, 17] if vd == 24 else list(range(min(vd, 3)))),
-            tie_word_embeddings=tied, **tokens)
+        text.update(rope_theta=5e6, rope_scaling=dict(rope_type="default", mrope_section=[24, 20, 20], mrope_interleaved=True))
+        vision.update(deepstack_visual_indexes=[5, 11, 17] if vd == 24 else list(range(min(vd, 3))))
+        return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tied, **tokens)
     from transformers import Qwen2_5_VLConfig
 
     return Qwen2_5_VLConfig(
@@ -95,13 +141,16 @@ def hf_config(name, std):
                            fullatt_block_indexes=[7, 15, 23, 31] if vd == 32 else [vd - 1], tokens_per_second=2,
                            window_size=112, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_chans=3,
                            hidden_act="silu", initializer_range=std),
-        bos_token_id=ENDOFTEXT, eos_token_id=IM_END, torch_dtype="float32", **tokens)
+        bos_token_id=k.endoftext, eos_token_id=k.im_end, torch_dtype="float32", **tokens)
 
 
 def write_checkpoint(name, path, dev, dtype, std):
     """Random weights (uniform with the given std; norm weights 1, biases 0), built on `dev` in `dtype` so that the
     real 7B fits, written by transformers' save_pretrained: the official file layout."""
-    from transformers.modeling_utils import no_init_weights
+    try:
+        from transformers.initialization import no_init_weights  # 5.x
+    except ImportError:
+        from transformers.modeling_utils import no_init_weights  # 4.x
 
     torch.manual_seed(0)
     default = torch.get_default_dtype()
@@ -141,16 +190,20 @@ def timed(dev, fn):
 def make_input(c, grid, dev, seed=0):
     """Chat-shaped prompt ids around one video in the family's layout, and random normalized patches. Qwen2.5-VL: one
     <|vision_start|> ... <|vision_end|> block after a system turn. Qwen3-VL: no system turn; per 2-frame group a
-    timestamp as text ("<0.5 seconds>", ...: digits are single tokens) then its own block."""
+    timestamp as text ("<0.5 seconds>", ...: digits are single tokens) then its own block. Qwen3.5: Qwen3-VL's groups
+    inside the chat template's own vision pair (transformers 5.x's processor replaces only the <|video_pad|>)."""
     t, h, w = grid
     px = torch.randn(t * h * w, c.in_chans * c.temporal_patch_size * c.patch_size**2,
                      generator=torch.Generator().manual_seed(seed)).to(dev)
-    block = lambda n: [VSTART] + [VPAD] * n + [VEND]
-    if c.model_type == QWEN3:
-        stamp = lambda i: [27, *(15 + int(digit) for digit in str(i)), 13, 20, 6486, 29]  # "<" i ".5 seconds>"
+    k = TOKENS[c.model_type]
+    block = lambda n: [k.vstart] + [k.vpad] * n + [k.vend]
+    if c.model_type == QWEN25:
+        video = block(t * h * w // 4)
+    else:
+        stamp = lambda i: [27, *(15 + int(digit) for digit in str(i)), 13, 20, k.seconds, 29]  # "<" i ".5 seconds>"
         video = [x for i in range(t) for x in stamp(i) + block(h * w // 4)]
-        return Q3_HEAD + video + QUESTION + ASSISTANT, px
-    return Q25_HEAD + block(t * h * w // 4) + QUESTION + ASSISTANT, px
+        video = [k.vstart, *video, k.vend] if c.model_type == QWEN35 else video
+    return [*k.head, *video, *k.question, *k.tail], px
 
 
 def prepared(model, grid, dev):
@@ -186,16 +239,27 @@ class Stamps:  # a transformers streamer: put() gets the prompt once, then every
         pass
 
 
+def hf_video_kwargs(hf, ids):
+    """What transformers' forward / generate want beside the ids for one video, in the versions that take it: Qwen2.5-VL's
+    seconds per frame group (Qwen3-VL's time is text); 5.x's mm_token_type_ids (0 text, 2 video), from which its
+    positions find the video rows."""
+    takes, kw = inspect.signature(hf.forward).parameters, {}
+    if "second_per_grid_ts" in takes:
+        kw["second_per_grid_ts"] = torch.tensor([1.0], device=ids.device)
+    if "mm_token_type_ids" in takes:
+        kw["mm_token_type_ids"] = (ids == TOKENS[hf.config.model_type].vpad).int() * 2
+    return kw
+
+
 def theirs_decode(hf, ids, px, grid, n, vocab):
     st, dev = Stamps(), px.device
-    # Qwen2.5-VL's positions take the seconds per frame group; Qwen3-VL's generate has no such input (time is text)
-    spg = {} if hf.config.model_type == QWEN3 else dict(second_per_grid_ts=torch.tensor([1.0], device=dev))
+    ids = torch.tensor([ids], device=dev)
     with torch.no_grad():
-        hf.generate(input_ids=torch.tensor([ids], device=dev),
-                    attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=dev),
-                    pixel_values_videos=px, video_grid_thw=torch.tensor([grid], device=dev), **spg,
+        hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=px,
+                    video_grid_thw=torch.tensor([grid], device=dev), **hf_video_kwargs(hf, ids),
                     max_new_tokens=n, do_sample=False, repetition_penalty=1.0, temperature=None, top_p=None, top_k=None,
-                    eos_token_id=vocab, pad_token_id=ENDOFTEXT, streamer=st)  # eos: an id that cannot be generated
+                    eos_token_id=vocab, pad_token_id=TOKENS[hf.config.model_type].endoftext,
+                    streamer=st)  # eos: an id that cannot be generated
     return st.t, st.tokens
 
 
@@ -207,11 +271,12 @@ def ours_prefill(model, prep, n):  # what generate() does before the first token
 
 def theirs_prefill(hf, prep):
     """What transformers' generate does before the first token, minus the vision encoder and the position rule: embed,
-    put the video features in, run the decoder (Qwen3-VL: its DeepStack features added after the first layers), then
-    the head on the rows generate asks for: the last one where forward takes logits_to_keep (4.57), else all (4.51)."""
+    put the video features in, run the decoder (Qwen3-VL: its DeepStack features added after the first layers; 5.x takes
+    our 3 position rows for a plain forward, its 4th, the text row, only shapes the mask), then the head on the rows
+    generate asks for: the last one where forward takes logits_to_keep (4.57, 5.x), else all (4.51)."""
     ids, deep = prep.ids[None], prep.visual.deepstack
-    lm = getattr(hf.model, "language_model", hf.model)  # 4.57 nests the decoder; 4.51's Qwen2.5-VL model is it
-    video = ids == VPAD
+    lm = getattr(hf.model, "language_model", hf.model)  # 4.57 and 5.x nest the decoder; 4.51's Qwen2.5-VL model is it
+    video = ids == TOKENS[hf.config.model_type].vpad
     with torch.no_grad():
         x = lm.embed_tokens(ids)
         x = x.masked_scatter(video[..., None].expand_as(x), prep.visual.embeds.to(x.dtype))
@@ -220,6 +285,16 @@ def theirs_prefill(hf, prep):
                **ds).last_hidden_state[0]
         keep = 1 if "logits_to_keep" in inspect.signature(hf.forward).parameters else len(h)
         return hf.lm_head(h[-keep:])[-1]
+
+
+def vision_features(out):
+    """A vision tower's output -> [merged features, *DeepStack's], ours or transformers' of any version: a tensor (4.51's
+    Qwen2.5-VL, our Qwen2.5-VL), a tuple (4.57's Qwen3-VL, our Qwen3-VL and Qwen3.5) or 5.x's output object."""
+    if torch.is_tensor(out):
+        return [out]
+    if isinstance(out, tuple):
+        return [out[0], *out[1]]
+    return [out.pooler_output, *(getattr(out, "deepstack_features", None) or [])]
 
 
 def per_token(ts, n=None):  # seconds per token between the first and the n-th generated token
@@ -234,15 +309,20 @@ def bandwidth(W, x, dev, reps=5):  # bytes/s of one large fp32 mat-vec, the fast
 
 def matvecs(model, dev, reps=3):
     """Seconds for the weight products of one decode step alone, same matrices, same order, nothing else (no attention,
-    norms, rotary, sampling): what the BLAS mat-vec achieves on this model. Decode over this = our per-token overhead."""
+    recurrence, conv, norms, rotary, sampling): what the BLAS mat-vec achieves on this model. Decode over this = our
+    per-token overhead. Each layer's packed matrices in its packing() order (an attention layer's q|k|v, o, gate|up,
+    down; a Gated DeltaNet's in_proj, out_proj, gate|up, down): each reads the leading columns of the product before it,
+    and a product back to the hidden width is the residual, which the next one reads."""
+    D = model.c.hidden_size
+    weights = [getattr(layer, key) for layer in model.llm.layers for key in layer.packing()] + [model.lm_head]
+
     def step():
-        h = torch.zeros(1, model.c.hidden_size, device=dev, dtype=model.dtype)
-        for layer in model.llm.layers:
-            qkv = h @ layer.qkv
-            h = h + qkv[:, : layer.o.shape[0]] @ layer.o
-            gate, up = (h @ layer.gate_up).chunk(2, -1)
-            h = h + (gate * up) @ layer.down
-        return h @ model.lm_head
+        h = x = torch.zeros(1, D, device=dev, dtype=model.dtype)
+        for W in weights:
+            x = x[:, : W.shape[0]] @ W
+            if x.shape[1] == D:
+                h = x = h + x
+        return x
     with torch.no_grad():
         return med(timed(dev, step) for _ in range(reps))
 
@@ -311,28 +391,36 @@ def bench_shape(a, name, dev, dtype, with_vision):
         c, esize = ours.c, ours.llm.norm.weight.element_size()
         head_b = c.vocab_size * c.hidden_size * esize  # whatever layout model.py keeps it in
         layers_b = sum(p.numel() * p.element_size() for p in [*ours.llm.layers.parameters(), ours.llm.norm.weight])
+        # a linear-attention layer's fixed state (its cache at zero tokens; an attention layer's is empty), which each
+        # token reads and writes back: its bytes count twice
+        fixed_b = sum(layer.cache_bytes(0, esize) for layer in ours.llm.layers)
+        token_b = layers_b + head_b + 2 * fixed_b
         last_b = sum(p.numel() * p.element_size() for p in ours.llm.layers[-1].parameters()) + head_b
         lm_params = sum(p.numel() for key, p in ours.named_parameters() if not key.startswith("visual."))  # tied: once
-        res["config"] = dict(family=c.model_type, hidden=c.hidden_size, layers=c.n_layers, heads=c.n_heads,
-                             kv_heads=c.n_kv_heads, head_dim=c.head_dim, intermediate=c.intermediate_size,
+        linear = sum(not layer.holds_kv for layer in ours.llm.layers)
+        res["config"] = dict(family=c.model_type, hidden=c.hidden_size, layers=c.n_layers, linear_layers=linear,
+                             heads=c.n_heads, kv_heads=c.n_kv_heads, head_dim=c.head_dim, intermediate=c.intermediate_size,
                              vocab=c.vocab_size, tied=c.tie_word_embeddings,
                              vision_depth=c.v_depth, vision_width=c.v_hidden, lm_params=lm_params,
-                             vision_params=sum(p.numel() for p in ours.visual.parameters()), bytes_per_token=layers_b + head_b)
-        log(t0, f"{c.model_type} LM {lm_params / 1e6:.0f}M params ({c.n_layers} layers, hidden {c.hidden_size}, "
+                             vision_params=sum(p.numel() for p in ours.visual.parameters()), bytes_per_token=token_b,
+                             fixed_state_bytes=fixed_b)
+        log(t0, f"{c.model_type} LM {lm_params / 1e6:.0f}M params ({c.n_layers} layers"
+                + (f", {linear} of them linear attention" if linear else "") + f", hidden {c.hidden_size}, "
                 f"{c.n_heads}/{c.n_kv_heads} heads of {c.head_dim}, {'tied' if c.tie_word_embeddings else 'untied'}), "
-                f"{(layers_b + head_b) / 1e9:.2f} GB read per token; vision depth {c.v_depth} width {c.v_hidden}")
+                f"{token_b / 1e9:.2f} GB read per token" + (f" ({2 * fixed_b / 1e6:.1f} MB of it state, read and written)"
+                if fixed_b else "") + f"; vision depth {c.v_depth} width {c.v_hidden}")
         prep = prepared(ours, grid, dev)
         ids, px = make_input(c, grid, dev)
 
         if with_vision and hf is not None:  # 1. vision encoder
             vpx = make_input(c, vgrid, dev, seed=1)[1]
-            feats = lambda out: [out[0], *out[1]] if isinstance(out, tuple) else [out]  # Qwen3-VL: + DeepStack's
+            tower = hf.visual if hasattr(hf, "visual") else hf.model.visual  # (5.x: under .model only)
             f_ours = lambda: ours.visual(vpx, [vgrid])
-            f_hf = lambda: hf.visual(vpx.to(dtype), grid_thw=torch.tensor([vgrid], device=dev))
+            f_hf = lambda: tower(vpx.to(dtype), grid_thw=torch.tensor([vgrid], device=dev))
             with torch.no_grad():
                 r = rounds(a, lambda: (f_ours(), f_hf()), lambda: {"ours": timed(dev, f_ours), "theirs": timed(dev, f_hf)})
-                diff = max(float((mine - theirs).abs().max() / theirs.abs().max())
-                           for mine, theirs in zip(feats(f_ours()), feats(f_hf())))
+                diff = max(float((mine - theirs).abs().max() / theirs.abs().max())  # (DeepStack's features too)
+                           for mine, theirs in zip(vision_features(f_ours()), vision_features(f_hf())))
             res["vision"] = dict(grid=vgrid, ours_s=med(r["ours"]), theirs_s=med(r["theirs"]),
                                  speedup=paired(r["theirs"], r["ours"]), rel_diff=diff, runs=r)
             log(t0, f"vision {vgrid}: ours {med(r['ours']):.3f}s, hf {med(r['theirs']):.3f}s (rel diff {diff:.1e})")
@@ -369,7 +457,7 @@ def bench_shape(a, name, dev, dtype, with_vision):
 
         r = rounds(a, lambda: body(4, 4), body)
         bw = med(r["bandwidth"])
-        floor, floors = (layers_b + head_b) / bw, [(layers_b + head_b) / b for b in r["bandwidth"]]
+        floor, floors = token_b / bw, [token_b / b for b in r["bandwidth"]]
         res["decode"] = dict(new_tokens=a.new_tokens, tokens_ours=r["n_ours"][-1], bandwidth_GBps=bw / 1e9, floor_s=floor,
                              ours_s=med(r["ours"]), ours_x_floor=paired(r["ours"], floors), matvecs_s=med(r["matvecs"]),
                              matvecs_x_floor=paired(r["matvecs"], floors), ours_x_matvecs=paired(r["ours"], r["matvecs"]), runs=r)
@@ -410,9 +498,10 @@ def bench_shape(a, name, dev, dtype, with_vision):
 
 def targets(name, res):
     """The table: (shape, measure, ours, reference, ratio, target, PASS / MISS / None = reported only) per line.
-    Targets: issue 5's for the Qwen2.5-VL shapes; issue 9's for the Qwen3-VL ones (decode faster than transformers,
-    V-Reason k=2 within 5% of its byte bound, peak memory V-Reason / baseline <= 1.02x)."""
-    q3, big = SHAPES[name][0] == QWEN3, SHAPES[name][1][0] >= 1792
+    Targets: issue 5's for the Qwen2.5-VL shapes; issue 9's for the Qwen3-VL ones and issue 19's, the same, for the
+    Qwen3.5 ones (decode faster than transformers, V-Reason k=2 within 5% of its byte bound, peak memory V-Reason /
+    baseline <= 1.02x)."""
+    newer, big = SHAPES[name][0] != QWEN25, SHAPES[name][1][0] >= 1792  # newer: Qwen3-VL or Qwen3.5
     d, p, v, m = res["decode"], res["prefill"], res["vreason"], res["memory"]
     rows = []
     for key, what in (("vision", "vision encoder %s" % (tuple(res.get("vision", {}).get("grid", ())),)),
@@ -422,13 +511,13 @@ def targets(name, res):
             rows.append((f"{what}: s (ours | hf)", x["ours_s"], x["theirs_s"], x["speedup"], (">=", 1.0, "hf")))
     if "theirs_s" in d:
         rows.append((f"decode tok/s (ours | hf); {d['new_tokens']} tokens, same: {'yes' if d['tokens_match'] else 'no'}",
-                     1 / d["ours_s"], 1 / d["theirs_s"], d["speedup"], (">=", 1.0 if q3 else 1.1 if big else 1.6, "hf")))
+                     1 / d["ours_s"], 1 / d["theirs_s"], d["speedup"], (">=", 1.0 if newer else 1.1 if big else 1.6, "hf")))
     hf_floor = f"; hf {d['theirs_x_floor']:.2f}x floor" if "theirs_s" in d else ""
     rows.append((f"decode ms/token (ours | floor){hf_floor}", 1e3 * d["ours_s"], 1e3 * d["floor_s"], d["ours_x_floor"],
                  ("<=", 1.1 if big else 1.4, "floor")))
     rows.append((f"decode ms/token (ours | its weight mat-vecs alone: {d['matvecs_x_floor']:.2f}x floor)",
                  1e3 * d["ours_s"], 1e3 * d["matvecs_s"], d["ours_x_matvecs"], None))
-    limits = {"vreason_k2": None if q3 else ("<=", 1.25, "base"), "prune": ("<=", 1.0, "base")}
+    limits = {"vreason_k2": None if newer else ("<=", 1.25, "base"), "prune": ("<=", 1.0, "base")}
     for key, label, _ in MODES:
         x = v[key]
         bound = f", bound {x['bound_x_baseline']:.2f}x" if x["updates"] else ""
@@ -436,15 +525,15 @@ def targets(name, res):
                      1e3 * x["s_per_token"], 1e3 * v["baseline_s_per_token"], x["x_baseline"], limits.get(key)))
     x = v["vreason_k2"]
     rows.append(("V-Reason k=2 ms/token (it | its byte bound)", 1e3 * x["s_per_token"],
-                 1e3 * v["baseline_s_per_token"] * x["bound_x_baseline"], x["x_bound"], q3 and ("<=", 1.05, "bound")))
-    for mode, limit in (("vreason", 1.02 if q3 else 1.05), ("lite", None)):
+                 1e3 * v["baseline_s_per_token"] * x["bound_x_baseline"], x["x_bound"], newer and ("<=", 1.05, "bound")))
+    for mode, limit in (("vreason", 1.02 if newer else 1.05), ("lite", None)):
         it, base = m[mode]["peak_bytes"], m["baseline"]["peak_bytes"]
         rows.append((f"peak memory {mode} GiB (it | baseline)", it / 2**30, base / 2**30, it / base, limit and ("<=", limit, "base")))
-    L = m["lite"]
-    text = L["kv_bytes_before"] / p["prompt_tokens"] * (p["prompt_tokens"] - L["video_tokens"])
+    L, fixed = m["lite"], res["config"]["fixed_state_bytes"]  # (the linear layers' state: nothing in it is pruned)
+    text = (L["kv_bytes_before"] - fixed) / p["prompt_tokens"] * (p["prompt_tokens"] - L["video_tokens"])
     rows.append(("Lite KV cache MiB (after | before prune); half the video", L["kv_bytes_after"] / 2**20,
                  L["kv_bytes_before"] / 2**20, L["kv_bytes_after"] / L["kv_bytes_before"],
-                 ("<=", (0.5 * (L["kv_bytes_before"] - text) + text) / L["kv_bytes_before"], "before")))
+                 ("<=", 1 - 0.5 * (L["kv_bytes_before"] - fixed - text) / L["kv_bytes_before"], "before")))
     ok = lambda ratio, op, lim: ratio >= lim * (1 - 1e-9) if op == ">=" else ratio <= lim * (1 + 1e-9)
     return [(name, what, ours, ref, ratio, f"{t[0]} {t[1]:.2f}x {t[2]}" if t else "", ok(ratio, *t[:2]) if t else None)
             for what, ours, ref, ratio, t in rows]
@@ -499,6 +588,7 @@ def main(argv=None):
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # (5.x draws one per checkpoint written and loaded)
     lacking = [name for name in a.shape if hf_class(SHAPES[name][0]) is None]
     if lacking:  # before any work: it writes the checkpoints, so even --ours-only needs the family's class
         family = SHAPES[lacking[0]][0]
@@ -519,10 +609,11 @@ def main(argv=None):
         with open(a.json + ".tmp", "w") as f:  # after every shape, whole: a run that dies late keeps what it measured
             json.dump(report, f, indent=1, allow_nan=False)
         os.replace(a.json + ".tmp", a.json)
-    print(f"\n{'shape':<10} {'measure':<62} {'ours':>8} {'ref':>8} {'ratio':>6}  {'target':<16} result")
+    w = max(10, *map(len, a.shape))
+    print(f"\n{'shape':<{w}} {'measure':<62} {'ours':>8} {'ref':>8} {'ratio':>6}  {'target':<16} result")
     for shape, what, ours, ref, ratio, target, ok in rows:
         result = "" if ok is None else "PASS" if ok else "MISS"
-        print(f"{shape:<10} {what:<62} {ours:>8.4g} {ref:>8.4g} {ratio:>5.2f}x  {target:<16} {result}")
+        print(f"{shape:<{w}} {what:<62} {ours:>8.4g} {ref:>8.4g} {ratio:>5.2f}x  {target:<16} {result}")
     print(f"\n{sum(r[-1] is True for r in rows)} PASS, {sum(r[-1] is False for r in rows)} MISS; runtime "
           f"{report['runtime_s']:.0f}s; times: medians of {a.runs} interleaved rounds after a warm-up; ratios: medians of the "
           f"ratio within each round; JSON: {a.json}")

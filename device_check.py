@@ -1,11 +1,13 @@
 """The device check: one call on a GPU machine, one table (issue 12).
 
-    python device_check.py                 # CUDA, bf16 speed at Qwen2.5-VL-7B proportions (~8 minutes on a bare GPU)
+    python device_check.py                 # CUDA: every section (those of Qwen3.5, 4 and 5, not yet timed on a GPU)
+    python device_check.py --skip speed35,parity35      # without them: ~8 minutes on a bare GPU
+    python device_check.py --skip speed,long,parity,attention,cli   # the Qwen3.5 sections alone
     python device_check.py --device cpu    # dry run: every step on scaled-down shapes (its timings mean nothing)
 
 What it checks, on random weights written by transformers' save_pretrained (the official layout) and loaded by ours (it
 runs 3's speed rows and video-length prompt first, so that a run cut short keeps the targets, then 1, 3's attention
-A/B, and 2; each section's rows and device_check.json are written when it ends):
+A/B, and 2, then 4 and 5; each section's rows and device_check.json are written when it ends):
   1. parity, ours vs transformers, fp32 and bf16, both families (Qwen2.5-VL, Qwen3-VL), a mid-size checkpoint: vision
      features (and DeepStack's), prefill + 3 decode-step logits, greedy tokens (32); and, Qwen3-VL fp32, --compile
      (CUDA graphs, Triton products) against eager: logits and V-Reason's tokens;
@@ -14,11 +16,19 @@ A/B, and 2; each section's rows and device_check.json are written when it ends):
      bandwidth floor measured in the same run (a large device-to-device copy), transformers' generate on the same
      weights, V-Reason k=2 and Lite against the compiled baseline, and peak memory; then at a video-length prompt
      (4096 video tokens) compiled decode and V-Reason k=2, and the decode attention alone, SDPA's memory-efficient
-     kernel against the written-out sums the compiled step runs, at 512 rows and at that length.
+     kernel against the written-out sums the compiled step runs, at 512 rows and at that length;
+  4. (speed35) Qwen3.5-4B proportions in bf16 (all 32 layers, 24 Gated DeltaNet + 8 gated full attention; 2 vision
+     blocks): compiled decode against the bandwidth floor, where a token reads every weight and the head, reads and
+     writes the Gated DeltaNet layers' state, and reads the full-attention layers' K/V rows; eager decode and
+     transformers' generate beside it;
+  5. (parity35) parity as in 1 for Qwen3.5 (its linear layers' chunked prefill and recurrent decode included), fp32
+     and bf16, a mid-size checkpoint.
 Targets (H100, bf16, batch 1): compiled decode <= 1.25x the floor, >= 3x transformers' tokens/s, V-Reason k=2 <= 1.15x
-baseline per token, peak memory <= 1.02x baseline. transformers is needed here only (the machine's 5.x: its Qwen2.5-VL
-wants mm_token_type_ids and casts second_per_grid to an integer, so the prompts use 1.0 s per group, where both rules
-agree). Writes device_check.json (and $OUT/device_check.json when $OUT is set).
+baseline per token, peak memory <= 1.02x baseline; Qwen3.5 compiled decode <= 1.3x its floor. transformers is needed
+here only (the machine's 5.x: its Qwen2.5-VL wants mm_token_type_ids and casts second_per_grid to an integer, so the
+prompts use 1.0 s per group, where both rules agree; Qwen3.5 needs a 5.x that has Qwen3_5ForConditionalGeneration, and
+runs its pure-torch Gated DeltaNet where fla is not installed). Writes device_check.json (and $OUT/device_check.json
+when $OUT is set).
 """
 import argparse
 import gc
@@ -32,6 +42,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections import namedtuple
 
 import torch
 
@@ -40,15 +51,25 @@ import video as V
 import vreason as R
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-IM_START, IM_END, ENDOFTEXT, VSTART, VEND, VPAD = 151644, 151645, 151643, 151652, 151653, 151656
-SPECIAL = {"<|endoftext|>": ENDOFTEXT, "<|im_start|>": IM_START, "<|im_end|>": IM_END, "<|vision_start|>": VSTART,
-           "<|vision_end|>": VEND, "<|image_pad|>": 151655, "<|video_pad|>": VPAD}
-# (hidden, layers, heads, kv heads, head dim, intermediate, vocab, tied), (vision depth, width, heads, intermediate)
+# a family's special ids, as its tokenizer has them
+Ids = namedtuple("Ids", "im_start im_end endoftext vstart vend ipad vpad")
+QWEN2_IDS = Ids(151644, 151645, 151643, 151652, 151653, 151655, 151656)  # Qwen2.5-VL's and Qwen3-VL's tokenizer
+IDS = {"qwen2_5_vl": QWEN2_IDS, "qwen3_vl": QWEN2_IDS, "qwen3_5": Ids(248045, 248046, 248044, 248053, 248054, 248056, 248057)}
+SPECIAL = {"<|endoftext|>": QWEN2_IDS.endoftext, "<|im_start|>": QWEN2_IDS.im_start, "<|im_end|>": QWEN2_IDS.im_end,
+           "<|vision_start|>": QWEN2_IDS.vstart, "<|vision_end|>": QWEN2_IDS.vend, "<|image_pad|>": QWEN2_IDS.ipad,
+           "<|video_pad|>": QWEN2_IDS.vpad}  # (the CLI's checkpoint is a Qwen3-VL)
+# (hidden, layers, heads, kv heads, head dim, intermediate, vocab, tied), (vision depth, width, heads, intermediate),
+# and for Qwen3.5 its Gated DeltaNet (key heads, value heads, key dim, value dim, conv kernel); Qwen3.5's head_dim is
+# 256 at every size, and its layers go 3 linear : 1 full attention, so a layer count is a multiple of 4
 SHAPES = {
     "parity": ((1024, 4, 8, 2, 128, 2816, 151936, False), (4, 512, 8, 1024)),
     "7b": ((3584, 28, 28, 4, 128, 18944, 152064, False), (2, 1280, 16, 3420)),  # Qwen2.5-VL-7B's LM; 2 vision blocks
+    "parity35": ((1024, 4, 4, 2, 256, 2816, 248320, False), (4, 512, 8, 1024), (4, 8, 128, 128, 4)),
+    "4b35": ((2560, 32, 16, 4, 256, 9216, 248320, True), (2, 1024, 16, 4096), (16, 32, 128, 128, 4)),  # Qwen3.5-4B's LM
     "parity-dry": ((128, 2, 4, 2, 32, 256, 151936, False), (2, 64, 4, 96)),
     "7b-dry": ((256, 2, 4, 2, 64, 512, 152064, False), (2, 64, 4, 96)),
+    "parity35-dry": ((128, 4, 2, 1, 256, 256, 248320, False), (2, 64, 4, 96), (2, 4, 32, 32, 4)),
+    "4b35-dry": ((256, 4, 2, 1, 256, 512, 248320, True), (2, 64, 4, 96), (2, 4, 64, 64, 4)),
 }
 
 
@@ -64,24 +85,36 @@ def hf_model(family, shape, std, dev, dtype, seed=0):
     except ImportError:
         from transformers.modeling_utils import no_init_weights  # 4.x
 
-    (D, L, H, KV, hd, I, vocab, tied), (vd, vw, vh, vi) = SHAPES[shape]
+    (D, L, H, KV, hd, I, vocab, tied), (vd, vw, vh, vi), *linear = SHAPES[shape]
     text = dict(vocab_size=vocab, hidden_size=D, num_hidden_layers=L, num_attention_heads=H, num_key_value_heads=KV,
                 intermediate_size=I, rms_norm_eps=1e-6, max_position_embeddings=32768, tie_word_embeddings=tied)
     vision = dict(depth=vd, hidden_size=vw, num_heads=vh, intermediate_size=vi, out_hidden_size=D, spatial_merge_size=2,
                   temporal_patch_size=2)
-    ids = dict(image_token_id=151655, video_token_id=VPAD, vision_start_token_id=VSTART, vision_end_token_id=VEND,
+    k = IDS[family]
+    ids = dict(image_token_id=k.ipad, video_token_id=k.vpad, vision_start_token_id=k.vstart, vision_end_token_id=k.vend,
                tie_word_embeddings=tied)
     if family == "qwen2_5_vl":
         text["rope_parameters"] = {"rope_type": "default", "mrope_section": [hd // 8, 3 * hd // 16, 3 * hd // 16], "rope_theta": 1e6}
         vision.update(fullatt_block_indexes=[vd - 1], tokens_per_second=2, window_size=112, patch_size=14, hidden_act="silu")
         cls, cfg = transformers.Qwen2_5_VLForConditionalGeneration, transformers.Qwen2_5_VLConfig
-    else:
+    elif family == "qwen3_vl":
         s = hd // 2
         text.update(head_dim=hd, rope_parameters={"rope_type": "default", "mrope_section": [s - 2 * (3 * s // 8), 3 * s // 8, 3 * s // 8],
                                                   "mrope_interleaved": True, "rope_theta": 5e6})
         vision.update(patch_size=16, num_position_embeddings=576, deepstack_visual_indexes=list(range(min(3, vd))),
                       hidden_act="gelu_pytorch_tanh")
         cls, cfg = transformers.Qwen3VLForConditionalGeneration, transformers.Qwen3VLConfig
+    elif family == "qwen3_5":  # layer_types: the config's rule, every 4th layer full attention (the last too)
+        if not hasattr(transformers, "Qwen3_5ForConditionalGeneration"):
+            raise RuntimeError(f"transformers {transformers.__version__} has no Qwen3.5: carry one that does "
+                               f"(requirements-oracle35.txt: 5.23.0)")
+        (lk, lv, dk, dv, kernel), = linear
+        text.update(head_dim=hd, linear_num_key_heads=lk, linear_num_value_heads=lv, linear_key_head_dim=dk,
+                    linear_value_head_dim=dv, linear_conv_kernel_dim=kernel,
+                    rope_parameters={"rope_type": "default", "mrope_section": [11, 11, 10], "mrope_interleaved": True,
+                                     "partial_rotary_factor": 0.25, "rope_theta": 1e7})  # 64 of the 256 dims turn
+        vision.update(patch_size=16, num_position_embeddings=576, hidden_act="gelu_pytorch_tanh")
+        cls, cfg = transformers.Qwen3_5ForConditionalGeneration, transformers.Qwen3_5Config
     torch.manual_seed(seed)
     default = torch.get_default_dtype()
     try:  # built in its dtype, on the device: a 7B never exists in float32
@@ -103,19 +136,23 @@ def hf_model(family, shape, std, dev, dtype, seed=0):
 
 
 def inputs(family, grid, seed=0):
-    """Prompt ids laid out as the family's processor does (Qwen3-VL: a timestamp and a block per frame group), random
-    normalized patches, and our Video for them. 1.0 s per group: the one rule transformers 5.x and Qwen agree on."""
+    """Prompt ids laid out as the family's processor does (Qwen3-VL: a timestamp and a block per frame group; Qwen3.5:
+    those inside the template's own vision pair, the answer opened with <think>), random normalized patches, and our
+    Video for them. 1.0 s per group: the one rule transformers 5.x and Qwen agree on."""
     g = torch.Generator().manual_seed(seed)
-    t, h, w = grid
+    k, (t, h, w) = IDS[family], grid
     patch = 14 if family == "qwen2_5_vl" else 16
-    words = lambda n: torch.randint(0, 151000, (n,), generator=g).tolist()
+    words = lambda n: torch.randint(0, 151000, (n,), generator=g).tolist()  # (below both vocabularies' special ids)
+    user, assistant, think = (846, 74455, [248068, 198]) if family == "qwen3_5" else (872, 77091, [])
+    block = lambda n: [k.vstart] + [k.vpad] * n + [k.vend]
     if family == "qwen2_5_vl":
-        video = [VSTART] + [VPAD] * (t * h * w // 4) + [VEND]
-        head = [IM_START, 8948, 198] + words(6) + [IM_END, 198, IM_START, 872, 198]
+        video = block(t * h * w // 4)
+        head = [k.im_start, 8948, 198] + words(6) + [k.im_end, 198, k.im_start, user, 198]
     else:
-        video = sum(([27] + words(3) + [29, VSTART] + [VPAD] * (h * w // 4) + [VEND] for _ in range(t)), [])
-        head = [IM_START, 872, 198]
-    ids = head + video + words(9) + [IM_END, 198, IM_START, 77091, 198]
+        video = sum(([27] + words(3) + [29] + block(h * w // 4) for _ in range(t)), [])
+        video = [k.vstart] + video + [k.vend] if family == "qwen3_5" else video
+        head = [k.im_start, user, 198]
+    ids = head + video + words(9) + [k.im_end, 198, k.im_start, assistant, 198] + think
     px = torch.randn(t * h * w, 3 * 2 * patch * patch, generator=g)
     return ids, px, V.Video(px, grid, 1.0, {}, tuple(float(i) for i in range(t)), M.family(family).FAMILY)
 
@@ -127,7 +164,7 @@ def hf_kwargs(hf, ids, px, grid, dev):
               video_grid_thw=torch.tensor([grid], device=dev))
     takes = inspect.signature(hf.forward).parameters
     if "mm_token_type_ids" in takes:  # transformers >= 5.3: 0 text, 1 image, 2 video
-        kw["mm_token_type_ids"] = (ids_t == VPAD).int() * 2
+        kw["mm_token_type_ids"] = (ids_t == IDS[hf.config.model_type].vpad).int() * 2
     if "second_per_grid_ts" in takes:
         kw["second_per_grid_ts"] = torch.tensor([1.0], device=dev)
     return kw
@@ -159,6 +196,7 @@ def save(hf, path):
 
 def parity(family, dtype, dev, shape, tmp):
     hf = hf_model(family, shape, 0.2 if dtype == torch.float32 else 0.05, dev, dtype)
+    stop = {IDS[family].im_end, IDS[family].endoftext}
     ours = M.load_model(save(hf, os.path.join(tmp, f"{family}-{dtype}")), dev, dtype)
     grid = (2, 12, 16)
     ids, px, video = inputs(family, grid)
@@ -180,20 +218,20 @@ def parity(family, dtype, dev, shape, tmp):
             diffs.append(rel(mine[s], ref))
         out["logits"] = max(diffs)
     n = 32
-    mine_t = [st.token for st in R.generate(ours, prep, R.Settings(max_new_tokens=n), {IM_END, ENDOFTEXT})]
+    mine_t = [st.token for st in R.generate(ours, prep, R.Settings(max_new_tokens=n), stop)]
     if dtype == torch.float32 and family == "qwen3_vl":  # --compile (CUDA graphs, Triton products) vs eager: one family
         # (the decoder is shared; a compile with coordinate-descent tuning costs ~45 s on a bare machine)
         vr = R.Settings(max_new_tokens=n, mode="vreason")
-        eager_t = [st.token for st in R.generate(ours, prep, vr, {IM_END, ENDOFTEXT})]
+        eager_t = [st.token for st in R.generate(ours, prep, vr, stop)]
         torch._dynamo.reset()  # (the graphs of a model compiled before in this process are of no use here)
         ours.compile_decode()
         out["compiled"] = max(rel(a, b) for a, b in zip(steps(ours, prep, 4), mine))
-        comp_t = [st.token for st in R.generate(ours, prep, vr, {IM_END, ENDOFTEXT})]
+        comp_t = [st.token for st in R.generate(ours, prep, vr, stop)]
         out.update(compiled_vreason_same=agree(comp_t, eager_t), compiled_vreason_of=len(eager_t))
     hf.model.rope_deltas = None
     with torch.no_grad():
         ref_t = hf.generate(**hf_kwargs(hf, ids, px, grid, dev), max_new_tokens=n, do_sample=False, temperature=None,
-                            top_p=None, top_k=None, eos_token_id=[IM_END, ENDOFTEXT], pad_token_id=ENDOFTEXT)[0, len(ids):].tolist()
+                            top_p=None, top_k=None, eos_token_id=sorted(stop), pad_token_id=IDS[family].endoftext)[0, len(ids):].tolist()
     out.update(greedy_same=agree(mine_t, ref_t), greedy_of=len(ref_t))
     return out
 
@@ -260,6 +298,17 @@ def bandwidth(dev, gib):
     return 2 * n * 4 / statistics.median(times[1:])
 
 
+def token_bytes(model, rows=0):
+    """Bytes a decode step must move at least: every decoder weight, the final norm and the head read once, a fixed-state
+    layer's state (Gated DeltaNet: its cache at zero tokens) read and written back, and `rows` K/V rows of each layer
+    that keeps them (its cache at one token, a row). The floor is this over the copy bandwidth."""
+    esize = model.lm_head.element_size()
+    weights = sum(p.numel() * p.element_size() for p in [*model.llm.layers.parameters(), model.llm.norm.weight, model.lm_head])
+    fixed = sum(layer.cache_bytes(0, esize) for layer in model.llm.layers)
+    row = sum(layer.cache_bytes(1, esize) for layer in model.llm.layers if layer.holds_kv)
+    return weights + 2 * fixed + rows * row
+
+
 def per_token(stamps):  # seconds per token between the first and the last generated token
     return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
@@ -286,40 +335,43 @@ class Stamps:  # a transformers streamer: put() sees the prompt once, then each 
         pass
 
 
-def speed(dev, dtype, shape, n, tmp, res, keep):
-    """Fills res as it goes, so that what was measured survives a later failure; leaves the compiled model in keep for
-    the video-length prompt."""
-    t0 = time.perf_counter()
-    say = lambda what: print(f"   speed [{time.perf_counter() - t0:4.0f}s] {what}", flush=True)
-    hf = hf_model("qwen2_5_vl", shape, 0.02, dev, dtype)
-    path = save(hf, os.path.join(tmp, "7b"))
+def checkpoint_pair(family, shape, dev, dtype, tmp, say):
+    """transformers' random model of the family (built on the device), written by save_pretrained and loaded by ours."""
+    hf = hf_model(family, shape, 0.02, dev, dtype)
+    path = save(hf, os.path.join(tmp, shape))
     say("written")
     ours = M.load_model(path, dev, dtype)
     say("loaded")
-    c = ours.c
-    per_layer = sum(p.numel() * p.element_size() for p in ours.llm.layers.parameters())
-    bytes_token = per_layer + (ours.llm.norm.weight.numel() + ours.lm_head.numel()) * ours.lm_head.element_size()
-    res["lm_params"] = sum(p.numel() for k, p in ours.named_parameters() if not k.startswith("visual."))
-    res["bandwidth"] = bandwidth(dev, 4 if dev.type == "cuda" else 0.25)
-    res["floor_s"] = bytes_token / res["bandwidth"]
-    say(f"floor {1e3 * res['floor_s']:.2f} ms ({bytes_token / 1e9:.2f} GB a token at {res['bandwidth'] / 1e12:.2f} TB/s)")
-    grid = (4, 16, 16)  # 256 video tokens
-    ids, px, video = inputs("qwen2_5_vl", grid)
+    return hf, ours
+
+
+def prepare(model, grid, dev):  # a prompt around one video of this grid: its ids, patches, and what generate takes
+    ids, px, video = inputs(model.c.model_type, grid)
     with torch.no_grad():
-        prep = R.Prepared(torch.tensor(ids, device=dev), ours.positions(ids, video).to(dev), ours.encode_video(video), video, 0.0)
-    # transformers first, then freed: the peak memory below is ours alone
-    st = Stamps()
+        prep = R.Prepared(torch.tensor(ids, device=dev), model.positions(ids, video).to(dev), model.encode_video(video), video, 0.0)
+    return ids, px, prep
+
+
+def hf_generate_s(hf, ids, px, grid, n, dev):
+    """transformers' generate on the same prompt, greedy, n tokens after a warm-up of 8: seconds a token."""
     with torch.no_grad():
-        for k in (8, n):  # a warm-up, then the timed run
+        for k in (8, n):
             st = Stamps()
             hf.model.rope_deltas = None
             hf.generate(**hf_kwargs(hf, ids, px, grid, dev), max_new_tokens=k, do_sample=False, temperature=None, top_p=None,
-                        top_k=None, eos_token_id=c.vocab_size, pad_token_id=ENDOFTEXT, streamer=st)
-    res["hf_s"] = per_token(st.t)
-    say(f"transformers {1e3 * res['hf_s']:.2f} ms/token")
-    del hf
+                        top_k=None, eos_token_id=hf.config.get_text_config().vocab_size,  # (an id it cannot generate)
+                        pad_token_id=IDS[hf.config.model_type].endoftext, streamer=st)
+    return per_token(st.t)
+
+
+def free(dev):
     gc.collect()
     torch.cuda.empty_cache() if dev.type == "cuda" else None
+
+
+def eager_then_compiled(ours, prep, n, dev, res, say, mode="baseline"):
+    """Eager decode (after a warm-up), then compile_decode() and a first run in `mode` (vreason compiles both variants
+    of the step, baseline only the plain one): res gets eager_s, compile_s and compiled_vs_eager (4 steps' logits)."""
     ours_run(ours, prep, 8, dev)  # warm-up
     eager_logits = steps(ours, prep, 4)
     res["eager_s"], _ = ours_run(ours, prep, n, dev)
@@ -327,16 +379,38 @@ def speed(dev, dtype, shape, n, tmp, res, keep):
     t1 = time.perf_counter()
     torch._dynamo.reset()
     ours.compile_decode()
-    ours_run(ours, prep, 8, dev, mode="vreason")  # compiles both variants of the step (and captures the graphs)
+    ours_run(ours, prep, 8, dev, mode=mode)  # the compile (and the graphs' capture)
     res["compile_s"] = time.perf_counter() - t1
     res["compiled_vs_eager"] = max(rel(a, b) for a, b in zip(steps(ours, prep, 4), eager_logits))
     say(f"compiled in {res['compile_s']:.0f} s; logits vs eager {res['compiled_vs_eager']:.1e}")
+
+
+def speed(dev, dtype, shape, n, tmp, res, keep):
+    """Fills res as it goes, so that what was measured survives a later failure; leaves the compiled model in keep for
+    the video-length prompt."""
+    t0 = time.perf_counter()
+    say = lambda what: print(f"   speed [{time.perf_counter() - t0:4.0f}s] {what}", flush=True)
+    hf, ours = checkpoint_pair("qwen2_5_vl", shape, dev, dtype, tmp, say)
+    c = ours.c
+    bytes_token = token_bytes(ours)  # (the prompt's 286 K/V rows: 0.1% of it, left out as before)
+    res["lm_params"] = sum(p.numel() for k, p in ours.named_parameters() if not k.startswith("visual."))
+    res["bandwidth"] = bandwidth(dev, 4 if dev.type == "cuda" else 0.25)
+    res["floor_s"] = bytes_token / res["bandwidth"]
+    say(f"floor {1e3 * res['floor_s']:.2f} ms ({bytes_token / 1e9:.2f} GB a token at {res['bandwidth'] / 1e12:.2f} TB/s)")
+    grid = (4, 16, 16)  # 256 video tokens
+    ids, px, prep = prepare(ours, grid, dev)
+    # transformers first, then freed: the peak memory below is ours alone
+    res["hf_s"] = hf_generate_s(hf, ids, px, grid, n, dev)
+    say(f"transformers {1e3 * res['hf_s']:.2f} ms/token")
+    del hf
+    free(dev)
+    eager_then_compiled(ours, prep, n, dev, res, say, mode="vreason")
     for key, kw in (("base", {}), ("vreason_k2", dict(mode="vreason", update_every=2)), ("lite", dict(mode="lite"))):
         runs = [ours_run(ours, prep, n, dev, **kw) for _ in range(3)]
         res[key + "_s"] = statistics.median(r[0] for r in runs)
         res[key + "_peak"] = max(r[1] for r in runs)
         say(f"{key} {1e3 * res[key + '_s']:.2f} ms/token, peak {res[key + '_peak'] / 2**30:.2f} GiB")
-    keep.update(model=ours, c=c, bytes_token=bytes_token, bandwidth=res["bandwidth"])
+    keep.update(model=ours, c=c, bandwidth=res["bandwidth"])
 
 
 def speed_long(dev, n, res, keep):
@@ -344,21 +418,43 @@ def speed_long(dev, n, res, keep):
     frame pair): the cache grows past 512 rows (a recompile, then dynamic in the length), and attention is a larger
     share of a token."""
     t0 = time.perf_counter()
-    ours, c = keep["model"], keep["model"].c
+    ours = keep["model"]
     grid = (4, 32, 32) if dev.type == "cpu" else (16, 32, 32)
-    ids, px, video = inputs("qwen2_5_vl", grid)
-    with torch.no_grad():
-        prep = R.Prepared(torch.tensor(ids, device=dev), ours.positions(ids, video).to(dev), ours.encode_video(video), video, 0.0)
+    ids, px, prep = prepare(ours, grid, dev)
     ours_run(ours, prep, 8, dev, mode="vreason")  # the recompile, both variants of the step
     res["long_compile_s"] = time.perf_counter() - t0
     res["long_rows"] = len(ids) + n // 2  # valid cache rows, on average over the run
-    res["long_floor_s"] = (keep["bytes_token"] + 2 * res["long_rows"] * c.n_layers * c.n_kv_heads * c.head_dim * 2) / keep["bandwidth"]
+    res["long_floor_s"] = token_bytes(ours, res["long_rows"]) / keep["bandwidth"]
     print(f"   long [{time.perf_counter() - t0:4.0f}s] recompiled; floor {1e3 * res['long_floor_s']:.2f} ms", flush=True)
     for key, kw in (("long_s", {}), ("long_vreason_k2_s", dict(mode="vreason", update_every=2))):
         res[key] = statistics.median(ours_run(ours, prep, n, dev, **kw)[0] for _ in range(3))
         print(f"   long [{time.perf_counter() - t0:4.0f}s] {len(ids)}-token prompt, {kw.get('mode', 'baseline')}: "
               f"{1e3 * res[key]:.2f} ms/token", flush=True)
     res["attention_rows"] = [512, len(ids) + n]  # for the attention A/B after it
+
+
+def speed35(dev, dtype, shape, n, tmp, res):
+    """Qwen3.5-4B proportions: compiled decode against its floor (token_bytes: weights, head, the Gated DeltaNet state
+    read and written, the full-attention layers' K/V rows, on average over the run), eager decode and transformers'
+    generate beside it. Baseline only: V-Reason would compile the step's second variant too (time the call lacks)."""
+    t0 = time.perf_counter()
+    say = lambda what: print(f"   speed35 [{time.perf_counter() - t0:4.0f}s] {what}", flush=True)
+    hf, ours = checkpoint_pair("qwen3_5", shape, dev, dtype, tmp, say)
+    res["lm_params"] = sum(p.numel() for k, p in ours.named_parameters() if not k.startswith("visual."))
+    grid = (4, 16, 16)  # 256 video tokens, as speed()'s prompt
+    ids, px, prep = prepare(ours, grid, dev)
+    res["rows"] = len(ids) + n // 2  # valid cache rows, on average over the run
+    res["bytes_token"] = token_bytes(ours, res["rows"])
+    res["bandwidth"] = bandwidth(dev, 4 if dev.type == "cuda" else 0.25)
+    res["floor_s"] = res["bytes_token"] / res["bandwidth"]
+    say(f"floor {1e3 * res['floor_s']:.2f} ms ({res['bytes_token'] / 1e9:.2f} GB a token at {res['bandwidth'] / 1e12:.2f} TB/s)")
+    res["hf_s"] = hf_generate_s(hf, ids, px, grid, n, dev)
+    say(f"transformers {1e3 * res['hf_s']:.2f} ms/token")
+    del hf
+    free(dev)
+    eager_then_compiled(ours, prep, n, dev, res, say)
+    res["base_s"] = statistics.median(ours_run(ours, prep, n, dev)[0] for _ in range(3))
+    say(f"compiled {1e3 * res['base_s']:.2f} ms/token")
 
 
 def attention_ab(dev, dtype, c, rows):
@@ -407,7 +503,8 @@ def main(argv=None):
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--skip", default="", help="comma-separated sections to leave out, of (in the order they run) "
-                   "speed, long (the video-length prompt: needs speed), parity, attention (the decode attention A/B), cli")
+                   "speed, long (the video-length prompt: needs speed), parity, attention (the decode attention A/B), cli, "
+                   "speed35 (Qwen3.5-4B's compiled decode), parity35 (Qwen3.5's parity)")
     a = p.parse_args(argv)
     dry = a.device == "cpu"
     if not dry and not torch.cuda.is_available():
@@ -418,6 +515,7 @@ def main(argv=None):
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # (5.x draws one per checkpoint written)
     report = {"device": torch.cuda.get_device_name(dev) if not dry else "cpu (dry run: scaled-down shapes)",
               "torch": torch.__version__, "transformers": transformers.__version__}
     rows = []
@@ -443,12 +541,12 @@ def main(argv=None):
                 f.write(text)
         print(f"[{report['runtime_s']:4.0f}s] {name} done", flush=True)
 
-    def parity_all():
+    def parity_of(families):
         keep.pop("model", None)  # (with --skip long, the 7B is still here)
-        for family in ("qwen2_5_vl", "qwen3_vl"):
+        for family in families:
+            shape = ("parity35" if family == "qwen3_5" else "parity") + ("-dry" if dry else "")
             for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 5e-2)):
-                r = report.setdefault("parity", {})[f"{family} {str(dtype)[6:]}"] = \
-                    parity(family, dtype, dev, "parity-dry" if dry else "parity", tmp)
+                r = report.setdefault("parity", {})[f"{family} {str(dtype)[6:]}"] = parity(family, dtype, dev, shape, tmp)
                 ok = r["vision"] <= tol and r["logits"] <= tol and (dtype != torch.float32 or r["greedy_same"] == r["greedy_of"])
                 rows.append((f"parity {family} {str(dtype)[6:]}: vision | logits rel diff, greedy same",
                              f"{r['vision']:.1e} | {r['logits']:.1e}, {r['greedy_same']}/{r['greedy_of']}", f"<= {tol:.0e}", ok))
@@ -457,6 +555,7 @@ def main(argv=None):
                                  f"{r['compiled']:.1e}, {r['compiled_vreason_same']}/{r['compiled_vreason_of']}", "<= 1e-04",
                                  r["compiled"] <= 1e-4 and r["compiled_vreason_same"] == r["compiled_vreason_of"]))
                 print(f"[{time.perf_counter() - t_start:4.0f}s] parity {family} {dtype}: {r}", flush=True)
+                free(dev)
 
     def cli_all():
         r = report["cli"] = cli(dev, tmp, torch.float32 if dry else torch.bfloat16)
@@ -466,11 +565,11 @@ def main(argv=None):
         if "error" in r:
             rows.append(("CLI", r["error"], "", False))
 
-    s, keep = {}, {}  # the speed sections' numbers (in the report), and what the 7B's sections hand on
-    report["speed"] = s
-    ms = lambda k: f"{1e3 * s[k]:.2f} ms"
-    x = lambda k, base: f"{ms(k)} ({s[k] / s[base]:.2f}x)"
-    have = lambda *k: all(key in s for key in k)
+    s, s35, keep = {}, {}, {}  # the speed sections' numbers (in the report), and what the 7B's sections hand on
+    report["speed"], report["speed35"] = s, s35
+    ms = lambda k, d=s: f"{1e3 * d[k]:.2f} ms"
+    x = lambda k, base, d=s: f"{ms(k, d)} ({d[k] / d[base]:.2f}x)"
+    have = lambda *k, d=s: all(key in d for key in k)
 
     def speed_all():
         try:
@@ -504,8 +603,7 @@ def main(argv=None):
                 speed_long(dev, 16 if dry else a.new_tokens, s, keep)
         finally:
             keep.pop("model", None)  # the 7B goes before the parity checkpoints come
-            gc.collect()
-            torch.cuda.empty_cache() if dev.type == "cuda" else None
+            free(dev)
             if have("long_s", "long_floor_s"):
                 rows.append((f"decode compiled, {s['long_rows']} rows (x floor with the rows' bytes); recompile "
                              f"{s['long_compile_s']:.0f} s", x("long_s", "long_floor_s"), "", None))
@@ -519,11 +617,35 @@ def main(argv=None):
             rows.append((f"attention at {n_rows} rows, µs a layer: eager SDPA | mm; compiled SDPA | sums",
                          " | ".join(map(str, r)), "", None))
 
+    def speed35_all():
+        keep.pop("model", None)
+        try:
+            speed35(dev, torch.float32 if dry else torch.bfloat16, "4b35-dry" if dry else "4b35", 16 if dry else a.new_tokens,
+                    tmp, s35)
+        finally:  # the rows of what was measured, also when a later step failed
+            free(dev)
+            if have("floor_s", d=s35):
+                rows.append((f"Qwen3.5-4B bf16: floor (weights, head, state x2, {s35['rows']} K/V rows)",
+                             f"{ms('floor_s', s35)} ({s35['bytes_token'] / 1e9:.2f} GB at {s35['bandwidth'] / 1e12:.2f} TB/s)",
+                             "", None))
+            if have("compiled_vs_eager", d=s35):
+                rows.append(("  compiled vs eager, Qwen3.5-4B bf16: logits rel diff (4 steps)", f"{s35['compiled_vs_eager']:.1e}",
+                             "", None))
+            if have("eager_s", "floor_s", d=s35):
+                rows.append(("  Qwen3.5 decode eager (x floor)", x("eager_s", "floor_s", s35), "", None))
+            if have("base_s", "floor_s", d=s35):
+                rows.append((f"  Qwen3.5 decode compiled (x floor); compile {s35['compile_s']:.0f} s", x("base_s", "floor_s", s35),
+                             "<= 1.3x", s35["base_s"] / s35["floor_s"] <= 1.3))
+            if have("hf_s", "base_s", d=s35):
+                rows.append(("  Qwen3.5 transformers generate (ours compiled faster by)", x("hf_s", "base_s", s35), "", None))
+
     with tempfile.TemporaryDirectory(prefix="device-check-") as tmp:
         # the targets first, so that a run cut short keeps them; the 7B's graphs stay for the long prompt, and
-        # parity's compile comes after (it resets them)
-        for name, run in (("speed", speed_all), ("long", long_all), ("parity", parity_all), ("attention", attention_all),
-                          ("cli", cli_all)):
+        # parity's compile comes after (it resets them). The Qwen3.5 sections last: the check of the first five stays
+        # as it was, and a short call leaves them out (--skip speed35,parity35) or runs them alone
+        for name, run in (("speed", speed_all), ("long", long_all), ("parity", lambda: parity_of(("qwen2_5_vl", "qwen3_vl"))),
+                          ("attention", attention_all), ("cli", cli_all), ("speed35", speed35_all),
+                          ("parity35", lambda: parity_of(("qwen3_5",)))):
             if name not in a.skip.split(","):
                 section(name, run)
                 table()

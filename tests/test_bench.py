@@ -1,5 +1,6 @@
-"""bench.py --smoke runs end to end and writes every section of the report (no timing assertions), for both families:
-the Qwen2.5-VL shapes here, the Qwen3-VL one in its oracle venv (transformers 4.57)."""
+"""bench.py --smoke runs end to end and writes every section of the report (no timing assertions), for the three
+families: the Qwen2.5-VL shapes here, the Qwen3-VL one in its oracle venv (transformers 4.57), the Qwen3.5 one in its
+own (transformers 5.23)."""
 import json
 import os
 import subprocess
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import oracle3
+from conftest import oracle3, oracle35
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench.py")
@@ -76,14 +77,35 @@ def test_smoke_qwen3(tmp_path):
                for t in rep["targets"])
 
 
-def test_qwen3_shape_needs_the_oracle_interpreter(tmp_path):
-    """Under transformers 4.51 (no Qwen3-VL) a q3-* shape is refused in one line that names the interpreter to use."""
+def test_smoke_qwen35(tmp_path):
+    """The Qwen3.5 shape (Gated DeltaNet layers and a full-attention last layer) against transformers 5.23 in its
+    oracle venv: every section; both sides fed the same thing (vision, prefill logits; here: greedy tokens); the
+    linear layers' fixed state in the bytes a token reads, and left out of what Lite can prune."""
+    out = tmp_path / "bench.json"
+    stdout = oracle35(BENCH, "--smoke", "--shape", "q35-tiny", "--threads", "1", "--json", out)
+    rep = json.loads(out.read_text())
+    check_report(rep, stdout)
+    s = rep["shapes"]["q35-tiny"]
+    assert rep["machine"]["transformers"].startswith("5.") and s["config"]["family"] == "qwen3_5"
+    assert 0 < s["config"]["linear_layers"] < s["config"]["layers"] and s["config"]["fixed_state_bytes"] > 0
+    assert s["decode"]["tokens_match"]
+    m = s["memory"]["lite"]  # the state stays; half the video rows of the full-attention layers go
+    assert m["kv_bytes_after"] > s["config"]["fixed_state_bytes"]
+    assert any(t["measure"].startswith("V-Reason k=2 ms/token (it | its byte bound)") and t["target"] == "<= 1.05x bound"
+               for t in rep["targets"])
+
+
+@pytest.mark.parametrize("shape, cls, venv", [("q3-tiny", "Qwen3VLForConditionalGeneration", ".venv-oracle3/bin/python"),
+                                              ("q35-tiny", "Qwen3_5ForConditionalGeneration", ".venv-oracle35/bin/python")])
+def test_newer_shapes_need_their_oracle_interpreter(tmp_path, shape, cls, venv):
+    """Under transformers 4.51 (no Qwen3-VL, no Qwen3.5) a q3-* or q35-* shape is refused in one line that names the
+    interpreter to use."""
     import transformers
 
-    if hasattr(transformers, "Qwen3VLForConditionalGeneration"):
-        pytest.skip(f"transformers {transformers.__version__} has Qwen3-VL: nothing to refuse")
-    r = subprocess.run([sys.executable, BENCH, "--smoke", "--shape", "q3-tiny", "--json", str(tmp_path / "b.json")],
+    if hasattr(transformers, cls):
+        pytest.skip(f"transformers {transformers.__version__} has {cls}: nothing to refuse")
+    r = subprocess.run([sys.executable, BENCH, "--smoke", "--shape", shape, "--json", str(tmp_path / "b.json")],
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and r.stdout == ""
-    assert len(r.stderr.strip().splitlines()) == 1 and ".venv-oracle3/bin/python" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and venv in r.stderr
     assert not (tmp_path / "b.json").exists()
