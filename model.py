@@ -486,6 +486,34 @@ class Cache:
         return rows + sum(t.numel() * t.element_size() for s in self.state if s for t in s)
 
 
+@dataclass
+class Slots:
+    """B samples' decoder states side by side, to decode them together (vreason.generate_batch): every tensor of a
+    Cache with a leading slot dimension, and each slot's own valid rows. view(b) is slot b as a Cache of its own (views
+    of the same storage), on which prefill, Lite and the controller run unchanged; a step (VideoLM.decode_slots) then
+    advances every slot by one token, at its own row."""
+    k: list  # per layer: [B, Hkv, T_max, d], or None
+    v: list
+    state: list  # per layer: a fixed-state layer's tensors, each [B, ...], or None
+    lengths: list  # per slot: its valid rows
+    at: dict = field(default_factory=dict)  # device -> int64 [B]: the row each slot's next token goes to
+
+    @classmethod
+    def empty(cls, layers, slots, max_len, dtype):
+        one = [Cache.empty(layers, max_len, dtype) for _ in range(slots)]  # (the same layout, stacked)
+        stack = lambda ts: None if ts[0] is None else torch.stack(ts)
+        return cls([stack([c.k[i] for c in one]) for i in range(len(layers))],
+                   [stack([c.v[i] for c in one]) for i in range(len(layers))],
+                   [None if one[0].state[i] is None else tuple(torch.stack(ts) for ts in zip(*(c.state[i] for c in one)))
+                    for i in range(len(layers))],
+                   [0] * slots, {d: torch.zeros(slots, dtype=torch.long, device=d) for d in one[0].at})
+
+    def view(self, b):  # slot b as a Cache (its length read back into lengths[b] by the caller that changes it)
+        return Cache([None if K is None else K[b] for K in self.k], [None if V is None else V[b] for V in self.v],
+                     [None if s is None else tuple(t[b] for t in s) for s in self.state], self.lengths[b],
+                     {d: a[b : b + 1] for d, a in self.at.items()})
+
+
 # SDPA may pick cuDNN attention on an H100 with recent torch; its plans are keyed on the exact key length, so every
 # new prompt length and every controller update (attention over the valid rows) would build a plan, and the plan cache
 # grows over an eval run. Flash, memory-efficient and math kernels do not re-plan per length.
@@ -493,20 +521,25 @@ SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDP
 
 
 def decode_attention(q, K, V, mask):
-    """A decode step's attention: one new row per query head, q [H, 1, d], over the whole preallocated cache K/V
-    [Hkv, T, d], rows after the new one masked (mask [1, T], 0 or -inf) -> [H, 1, d]. The H / Hkv query heads that
-    share a kv head become that head's query rows, so each cached row is read once (SDPA's GQA under a mask falls back
-    to the math kernel, which repeats and upcasts the cache for every query head)."""
-    (H, _, d), Hkv = q.shape, K.shape[0]
-    q = q.reshape(Hkv, H // Hkv, d)
+    """A decode step's attention: one new row per query head and sample, q [H, B, d], over each sample's whole
+    preallocated cache K/V [B, Hkv, T, d] (one sample: [Hkv, T, d], B = 1), rows after its new one masked (mask
+    [B, T], 0 or -inf) -> [H, B, d]. The H / Hkv query heads that share a kv head become that head's query rows, so
+    each cached row is read once (SDPA's GQA under a mask falls back to the math kernel, which repeats and upcasts the
+    cache for every query head)."""
+    if K.dim() == 3:
+        K, V = K[None], V[None]
+    (H, B, d), Hkv = q.shape, K.shape[1]
+    q = q.transpose(0, 1).reshape(B, Hkv, H // Hkv, d)
+    mask = mask.view(B, 1, 1, -1)
     if torch.compiler.is_compiling():  # --compile: the same sums written out, for inductor to spread over the GPU
         # (SDPA's memory-efficient kernel runs one block per kv head and walks the cache rows in turn: few of a big
         # GPU's SMs work; measured: docs/performance.md#decode-attention)
-        s = (q[:, :, None].float() * K[:, None].float()).sum(-1) / math.sqrt(d) + mask  # [Hkv, H/Hkv, T] fp32
-        o = (s.softmax(-1)[..., None] * V[:, None].float()).sum(-2)  # [Hkv, H/Hkv, d]
-        return o.to(q.dtype).reshape(H, 1, d)
-    with sdpa_kernel(SDPA_BACKENDS):  # eager: SDPA (the eager step is bound by its launches, not by this)
-        return F.scaled_dot_product_attention(q[None], K[None], V[None], attn_mask=mask).reshape(H, 1, d)
+        s = (q[:, :, :, None].float() * K[:, :, None].float()).sum(-1) / math.sqrt(d) + mask  # [B, Hkv, H/Hkv, T] fp32
+        o = (s.softmax(-1)[..., None] * V[:, :, None].float()).sum(-2).to(q.dtype)  # [B, Hkv, H/Hkv, d]
+    else:
+        with sdpa_kernel(SDPA_BACKENDS):  # eager: SDPA (the eager step is bound by its launches, not by this)
+            o = F.scaled_dot_product_attention(q, K, V, attn_mask=mask)
+    return o.reshape(B, H, d).transpose(0, 1)
 
 
 def swiglu(x, norm, gate_up, down):  # the residual SwiGLU MLP every decoder layer ends with: x + down(silu(g) * u)
@@ -566,11 +599,13 @@ class DecoderLayer(nn.Module):
 
     def finish(self, x, q, K, V, mask=None):
         """Attention of q [H, S, d] (gated: [H, S, 2d], see project) over K/V [Hkv, T, d] (causal when S > 1 and no
-        mask; a decode step passes the mask [1, T] of its preallocated cache), the output gate, o_proj, residual, MLP."""
+        mask; a decode step passes the mask [1, T] of its preallocated cache; decoding slots (Slots), the S rows are S
+        samples, each over its own cache K/V [S, Hkv, T, d] under its mask [S, T]), the output gate, o_proj,
+        residual, MLP."""
         if self.gated:
             q, gate = q.chunk(2, -1)
         H, S, d = q.shape
-        if S == 1 and mask is not None:
+        if mask is not None and (S == 1 or K.dim() == 4):
             o = decode_attention(q, K, V, mask)
         else:
             with sdpa_kernel(SDPA_BACKENDS):
@@ -725,13 +760,31 @@ class VideoLM(nn.Module):
     def step(self, token, pos, cache, finish):
         return self.layers(self.embed(token), pos, cache, finish=finish, at=cache.at)
 
-    def last_layer(self, h_in, pos, K, V):
+    def decode_slots(self, tokens, pos, slots):
+        """One token for every slot (tokens [B] int64 on the embedding's device, pos [3, B]), each written at its own
+        row slots.lengths[b], through every layer but the last's attention -> that layer's input [B, D]: the caller
+        runs it (last_layer over the slots' K/V: the plain rows, or a controller's). Rows that are no sample's (an
+        empty slot) compute and are dropped."""
+        for at in slots.at.values():
+            at.copy_(torch.tensor(slots.lengths, device=at.device))
+        _, h_in = self.layers(self.embed(tokens), pos, slots, finish=False, at=slots.at)
+        slots.lengths = [n + 1 for n in slots.lengths]
+        return h_in
+
+    def slot_mask(self, slots, device):  # [B, T] for last_layer over the slots: 0 on each slot's valid rows, -inf after
+        T = next(K for K in slots.k if K is not None).shape[2]
+        n = torch.tensor(slots.lengths, device=device)[:, None]
+        return torch.zeros(len(slots.lengths), T, device=device).masked_fill(torch.arange(T, device=device) >= n, -math.inf)
+
+    def last_layer(self, h_in, pos, K, V, mask=None):
         """Recompute the last layer for one position from its input h_in [1, D] over the given K/V [Hkv, T, d]
-        (the V-Reason controller passes values with edited video rows), then norm + head -> logits [vocab]."""
+        (the V-Reason controller passes values with edited video rows), then norm + head -> logits [vocab]. Over
+        slots: h_in [B, D], pos [3, B], each row over its own K/V [B, Hkv, T, d] under mask [B, T] -> [B, vocab]."""
         layer = self.llm.layers[-1]
         cos, sin = self.rope(pos.to(h_in.device), h_in.dtype)
         q, _, _ = layer.project(h_in, cos[None], sin[None])
-        return self.logits(layer.finish(h_in, q, K, V))[0]
+        logits = self.logits(layer.finish(h_in, q, K, V, mask))
+        return logits if mask is not None else logits[0]
 
     def video_spans(self, ids):  # contiguous runs of <|video_pad|> -> [(lo, hi)] cache rows
         where = (torch.as_tensor(ids) == self.c.video_token_id).nonzero().flatten().tolist()
@@ -794,7 +847,7 @@ class VideoLM(nn.Module):
         once the last layer's K/V are cached and returns no logits (the V-Reason controller finishes that layer itself;
         the last layer is always attention). deepstack = (rows [S] bool, k x [rows, D]): feature i is added to those
         rows after layer i (Qwen3-VL's DeepStack, prefill only)."""
-        S = h.shape[0]
+        S, slotted = h.shape[0], isinstance(cache, Slots)  # slotted: one row per slot, each over its own cache
         cos, sin = self.rope(pos, h.dtype)
         last, masks = self.c.n_layers - 1, {}
         for i, layer in enumerate(self.llm.layers):
@@ -802,7 +855,7 @@ class VideoLM(nn.Module):
             if dev != h.device:  # model split across devices: hop to this layer's device
                 h, cos, sin = h.to(dev), cos.to(dev), sin.to(dev)
             if i == last:  # a copy: a view would keep the prefill's [S, D] activations alive until the next step
-                h_last_in = h[-1:].clone() if S > 1 else h
+                h_last_in = h if slotted or S == 1 else h[-1:].clone()
             if not layer.holds_kv:
                 h = layer(h, cache.state[i], prefill=at is None)
                 continue
@@ -810,6 +863,14 @@ class VideoLM(nn.Module):
             if at is None:
                 cache.k[i][:, :S], cache.v[i][:, :S] = k, v
                 K, V, mask = cache.k[i][:, :S], cache.v[i][:, :S], None
+            elif slotted:  # slot b's new row goes to its own row at[b]
+                slot = torch.arange(S, device=dev)
+                cache.k[i][slot, :, at[dev]], cache.v[i][slot, :, at[dev]] = k.transpose(0, 1), v.transpose(0, 1)
+                if dev not in masks:  # [B, T_max]: 0 up to each slot's new row, -inf after
+                    T = cache.k[i].shape[2]
+                    masks[dev] = torch.zeros(S, T, device=dev, dtype=h.dtype).masked_fill(
+                        torch.arange(T, device=dev) > at[dev][:, None], -math.inf)
+                K, V, mask = cache.k[i], cache.v[i], masks[dev]
             else:
                 cache.k[i].index_copy_(1, at[dev], k)
                 cache.v[i].index_copy_(1, at[dev], v)
@@ -817,9 +878,9 @@ class VideoLM(nn.Module):
                     T = cache.k[i].shape[1]
                     masks[dev] = torch.zeros(1, T, device=dev, dtype=h.dtype).masked_fill(torch.arange(T, device=dev) > at[dev], -math.inf)
                 K, V, mask = cache.k[i], cache.v[i], masks[dev]
-            # only the last row matters after the last layer, so skip the others there
+            # only the last row matters after the last layer, so skip the others there (slots: every row is a last one)
             if i == last:
-                h, q = h[-1:], q[:, -1:]
+                h, q = (h, q) if slotted else (h[-1:], q[:, -1:])
                 if not finish:
                     break
             h = layer.finish(h, q, K, V, mask)

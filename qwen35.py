@@ -83,13 +83,13 @@ def l2norm(x):  # the reference's, eps inside the root
 
 
 def delta_rule_step(q, k, v, beta, g, S):
-    """One token of the gated delta rule, in place on the state S [Hv, dk, dv] (fp32): decay it by exp(g), write
-    the value's correction against what S predicts for k, then read it with q. q, k [Hv, dk]; v [Hv, dv]; beta, g
-    [Hv]. -> [Hv, dv]."""
-    S.mul_(g.exp()[:, None, None])
-    predicted = (S * k[:, :, None]).sum(1)  # [Hv, dv]
-    S.add_(k[:, :, None] * ((v - predicted) * beta[:, None])[:, None, :])
-    return (S * q[:, :, None]).sum(1)
+    """One token of the gated delta rule, in place on the state S [B, Hv, dk, dv] (fp32), one token per sample:
+    decay it by exp(g), write the value's correction against what S predicts for k, then read it with q. q, k
+    [B, Hv, dk]; v [B, Hv, dv]; beta, g [B, Hv]. -> [B, Hv, dv]."""
+    S.mul_(g.exp()[..., None, None])
+    predicted = (S * k[..., None]).sum(-2)  # [B, Hv, dv]
+    S.add_(k[..., None] * ((v - predicted) * beta[..., None])[..., None, :])
+    return (S * q[..., None]).sum(-2)
 
 
 def delta_rule_chunked(q, k, v, beta, g, S):
@@ -171,19 +171,26 @@ class GatedDeltaNet(nn.Module):
         return 2 * self.in_proj.shape[1] + 2 * (self.conv_dim + self.value_dim) + 4 * self.down.shape[0]
 
     def forward(self, x, state, prefill):
-        """x [S, D] -> [S, D]. Prefill: the S rows from an empty state, the conv padded with zeros on the left, the
-        rule chunked. Decode (S = 1): the conv over its saved inputs, one step of the rule. Either way `state` is
-        advanced in place."""
+        """x [S, D] -> [S, D]. Prefill: the S rows, in order, from an empty state, the conv padded with zeros on the
+        left, the rule chunked. Decode: each row one sample's next token (state [conv_dim, K], [Hv, dk, dv]: one
+        sample; with a leading slot dimension: one per row, Slots), the conv over its saved inputs, one step of the
+        rule. Either way `state` is advanced in place."""
         conv_state, S_rule = state
         if prefill:  # (a compiled model reuses its cache: the state may hold the previous sample's)
             S_rule.zero_()
+        elif conv_state.dim() == 2:  # one sample: its state as a slot of one (views: updated in place)
+            conv_state, S_rule = conv_state[None], S_rule[None]
         L = x.shape[0]
         qkv, z, b, a = (self.input_layernorm(x) @ self.in_proj).split([self.conv_dim, self.value_dim, self.hv, self.hv], -1)
         # causal depthwise conv of q|k|v over time, SiLU; the state keeps the last `kernel` inputs for the next token
-        before = torch.zeros_like(conv_state[:, 1:]) if prefill else conv_state[:, 1:]
-        window = torch.cat([before, qkv.T], -1)  # [conv_dim, K - 1 + L]
-        conv_state.copy_(window[:, -self.kernel:])
-        qkv = F.silu(F.conv1d(window[None], self.conv, groups=self.conv_dim)[0].T)  # [L, conv_dim]
+        if prefill:
+            window = torch.cat([torch.zeros_like(conv_state[:, 1:]), qkv.T], -1)  # [conv_dim, K - 1 + L]
+            conv_state.copy_(window[:, -self.kernel:])
+            qkv = F.silu(F.conv1d(window[None], self.conv, groups=self.conv_dim)[0].T)  # [L, conv_dim]
+        else:
+            window = torch.cat([conv_state[:, :, 1:], qkv[:, :, None]], -1)  # [B, conv_dim, K]
+            conv_state.copy_(window)
+            qkv = F.silu(F.conv1d(window, self.conv, groups=self.conv_dim)[..., 0])  # [B, conv_dim]
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], -1)
         rep = self.hv // self.hk  # each key head serves this many consecutive value heads
         up = M.upcast  # the rule in fp32 (fp64 stays fp64: the gradient checks)
@@ -194,7 +201,7 @@ class GatedDeltaNet(nn.Module):
         if prefill:
             o = delta_rule_chunked(q, k, v, beta, g, S_rule)
         else:
-            o = delta_rule_step(q[0], k[0], v[0], beta[0], g[0], S_rule)[None]
+            o = delta_rule_step(q, k, v, beta, g, S_rule)
         o = o.to(x.dtype)  # [L, Hv, dv]
         # gated RMSNorm per value head: normalize in fp32, weight in the model dtype, then times silu(z) in fp32
         normed = up(o) * torch.rsqrt(up(o).pow(2).mean(-1, keepdim=True) + self.eps)

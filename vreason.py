@@ -233,11 +233,12 @@ def choose(logits, s, seen, gen):
     return torch.multinomial(probs.cpu(), 1, generator=gen).to(logits.device)  # a CPU generator: the same draw anywhere
 
 
-def start(model, prep, s, info):
-    """What both loops do before the first token: prefill a fresh cache, prune it (Lite), make the controller.
-    Returns the prefill's logits and last-layer input, the cache, the controller (None when nothing is steered) and
-    which video tokens each K/V layer kept [len(cache.kv_layers), N]; `info` receives the cache's figures."""
-    cache = model.new_cache(len(prep.ids) + s.max_new_tokens)
+def start(model, prep, s, info, cache=None):
+    """What the loops do before the first token: prefill a fresh cache (or `cache`, a slot of many: batch.py), prune
+    it (Lite), make the controller. Returns the prefill's logits and last-layer input, the cache, the controller (None
+    when nothing is steered) and which video tokens each K/V layer kept [len(cache.kv_layers), N]; `info` receives
+    the cache's figures."""
+    cache = model.new_cache(len(prep.ids) + s.max_new_tokens) if cache is None else cache
     with torch.no_grad():
         logits, h_in = model.prefill(prep.ids, prep.pos, prep.visual, cache)
     rows = video_rows(model, prep.ids)

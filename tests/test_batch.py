@@ -1,0 +1,72 @@
+"""batch.generate_batch: many samples decoded together, each equal to its own vreason.generate run (tokens, and
+entropies / EMA / alpha to 1e-5), whatever its prompt length, mode, stop and slot; one failing sample leaves the
+others bitwise unchanged; the order of the samples changes no result. On all three families."""
+import pytest
+import torch
+from test_vreason import FAMILIES, checkpoints, prepared  # noqa: F401  (fixture)
+
+import batch as B
+import model as M
+import vreason as R
+
+STOP = set()  # (random checkpoints: stops come from each sample's max_new_tokens, all different)
+GRIDS = [(2, 8, 12), (2, 12, 20), (2, 8, 8), (2, 12, 12), (2, 8, 16)]  # prompts of different lengths
+MODES = [dict(mode="baseline"), dict(mode="vreason", lr=0.3), dict(mode="vreason", lr=0.3, update_every=1, steps=2),
+         dict(mode="lite", lr=0.3, update_every=3), dict(mode="vreason", lr=0.3, kl="up", controller="shared")]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def tiny(request, checkpoints):
+    return M.load_model(checkpoints[request.param])
+
+
+def samples(model):  # five samples: each its own grid, mode and length (stops at different steps)
+    return [(i, prepared(model, GRIDS[i], 1.0, seed=i)[0], R.Settings(max_new_tokens=6 + 3 * i, **MODES[i]))
+            for i in range(len(GRIDS))]
+
+
+def alone(model, prep, s):
+    info = {}
+    return list(R.generate(model, prep, s, STOP, info)), info
+
+
+def run(model, todo, n_slots=2):
+    max_len = max(len(p.ids) + s.max_new_tokens for _, p, s in todo)
+    return {key: (steps, info, err) for key, steps, info, err in B.generate_batch(model, todo, n_slots, max_len, STOP)}
+
+
+def numbers(steps):
+    return [(st.token, st.entropy, st.ema, st.alpha, st.updated) for st in steps]
+
+
+def test_each_sample_equals_its_own_run(tiny):
+    """Five samples through two slots: refills, different prompt lengths, modes and stops."""
+    todo = samples(tiny)
+    out = run(tiny, todo)
+    assert set(out) == {i for i, _, _ in todo}
+    for i, prep, s in todo:
+        steps, info, err = out[i]
+        ref, ref_info = alone(tiny, prep, s)
+        assert err is None and len(steps) == len(ref) == s.max_new_tokens
+        assert [st.token for st in steps] == [st.token for st in ref], i
+        assert [(st.alpha, st.updated) for st in steps] == [(st.alpha, st.updated) for st in ref], i
+        for name in ("entropy", "ema", "peak"):
+            assert all(abs(getattr(a, name) - getattr(b, name)) <= 1e-5 * max(1.0, abs(getattr(b, name)))
+                       for a, b in zip(steps, ref)), (i, name)
+        assert info["updates"] == ref_info["updates"] and info["video_tokens_kept"] == ref_info["video_tokens_kept"]
+    assert any(st.updated for st in out[1][0]) and out[3][1]["video_tokens_kept"] < out[3][1]["video_tokens"]
+
+
+def test_a_failing_sample_leaves_the_others_unchanged(tiny):
+    """Sample 2's vision features are NaN: it ends with its error at its first token; every other sample's numbers are
+    bitwise what they are without it in the batch; and the order of the samples changes no result."""
+    todo = samples(tiny)
+    clean = run(tiny, [x for x in todo if x[0] != 2])
+    bad = prepared(tiny, GRIDS[2], 1.0, seed=2)[0]
+    bad.visual = M.Visual(torch.full_like(bad.visual.embeds, float("nan")), bad.visual.deepstack)
+    poisoned = run(tiny, [x if x[0] != 2 else (2, bad, x[2]) for x in todo])
+    assert poisoned[2][2].startswith("non-finite logits at generated token 0") and poisoned[2][0] == []
+    for i in clean:
+        assert poisoned[i][2] is None and numbers(poisoned[i][0]) == numbers(clean[i][0]), i
+    backwards = run(tiny, list(reversed([x for x in todo if x[0] != 2])))
+    assert all(numbers(backwards[i][0]) == numbers(clean[i][0]) for i in clean)
