@@ -3,13 +3,21 @@ Lite-pruned cache rows, its own controller ΔV with its own Adam state, its own 
 decode step reads every weight once for all of them (what makes a batch cheap: decoding is bound by the weights'
 bytes), while everything V-Reason does stays per sample.
 
-How: the samples sit in slots of one model.Slots (every cache tensor with a leading slot dimension). A sample's
-slot, as a Cache of its own (Slots.view), is prefilled, pruned and steered by vreason's own functions, unchanged;
-a step then advances every slot by one token (VideoLM.decode_slots, each row at its own cache row) and runs the last
-layer for all slots at once. A finished sample's slot is refilled from the queue, so the batch stays full. An error
-in one sample (an unreadable video upstream, non-finite logits, a failing update) ends that sample alone.
+How: the samples sit in the slots of one model.Slots (every cache tensor with a leading slot dimension). A sample's
+slot, as a Cache of its own (Slots.view), is prefilled, pruned and given its controller by vreason.start, unchanged.
+A step then runs METHOD.md §4 for every slot at once: the entropies, one switching rule over all of them, the
+update of the samples that are due (one recompute of the last layer for all slots, each due sample's video value
+rows through its own controller; the losses summed, so one backward gives each ΔV its own gradient: nothing in that
+layer mixes samples), the tokens, and one decode step for every slot (VideoLM.decode_slots, each at its own row).
+As in vreason.generate, a step before an update stops short of the last layer's attention, whose forward with grad
+then gives every slot's logits and the update's first Adam step at once, and a step's numbers travel to the host
+while the next step is already queued. A finished sample's slot is refilled from the queue, so the batch stays full,
+at a step that keeps the batch's updates together: a sample updating every k-th token is admitted at a step
+divisible by k, so every update falls on the same steps (one update pass every k steps, not one every step). An
+error in one sample (its video, its logits) ends that sample alone.
 """
 import math
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -22,110 +30,197 @@ import vreason as R
 class Sample:
     """One sample in a slot: what vreason.generate keeps in its locals, kept here across steps."""
     key: object  # the caller's name for it
-    prep: R.Prepared
     s: R.Settings
-    cache: M.Cache  # its slot, as a Cache of its own
+    cache: M.Cache  # its slot, as a Cache of its own (views of the Slots' tensors)
     ctrl: R.Controller  # None: nothing to steer
-    kept: torch.Tensor
+    kept: torch.Tensor  # which video tokens each K/V layer kept (vreason.start)
     info: dict
-    switch: R.Switch
-    gen: torch.Generator
-    seen: torch.Tensor
-    logits: torch.Tensor  # the current token's [vocab]
-    h_in: torch.Tensor  # its input to the last layer [1, D]
-    pos: torch.Tensor  # its position [3, 1]
+    gen: torch.Generator  # its own sampling draws
+    seen: torch.Tensor  # every id so far, for the repetition penalty
+    t0: float  # when it was admitted
+    first: torch.Tensor  # its first token's logits [vocab], the prefill's (over the cache before Lite), until used
     steps: list = field(default_factory=list)
 
-
-def admit(model, slots, b, key, prep, s):
-    """Prefill sample `key` into slot b, prune it, make its controller: what vreason.start does, on the slot."""
-    info = {}
-    slots.lengths[b] = 0  # (a slot a sample has left is empty again)
-    logits, h_in, cache, ctrl, kept = R.start(model, prep, s, info, cache=slots.view(b))
-    slots.lengths[b] = cache.length
-    return Sample(key, prep, s, cache, ctrl, kept, info, R.Switch(s.beta, s.objective),
-                  torch.Generator().manual_seed(s.seed), prep.ids.clone(), logits, h_in, prep.pos[:, -1:])
+    def due(self, ahead=0):  # an update at its current token (or `ahead` of it): every k-th of its own tokens (§4 step 3)
+        return self.ctrl is not None and self.s.steps > 0 and (len(self.steps) + ahead) % self.s.update_every == 0
 
 
-def choose_token(model, x, stop_ids):
-    """The current token of sample x, as vreason.generate_reference chooses it (METHOD.md §4 steps 2-5): entropy,
-    the switching rule, on every k-th token the update and the redecode, then the token. -> its Step."""
-    s, t = x.s, len(x.steps)
-    H = R.entropy(x.logits)
-    step = R.Step(0, float(H), 0.0, 0.0, 0.0)
-    if x.ctrl is not None and s.steps > 0 and t % s.update_every == 0:
-        alpha = x.switch(H)
-        step.loss = float(x.ctrl.update(model, x.cache, x.h_in, x.pos, alpha))
-        if s.redecode:
-            with torch.no_grad():
-                x.logits = x.ctrl.logits(model, x.cache, x.h_in, x.pos)
-            step.entropy = float(R.entropy(x.logits))
-        step.updated, step.entropy_before = True, float(H)
-        x.info["updates"] += 1
-    else:
-        x.switch(H)
-    step.ema, step.peak, step.alpha = float(x.switch.ema), float(x.switch.peak), float(x.switch.alpha)
-    token = R.choose(x.logits, s, x.seen, x.gen)
-    step.token = int(token)
-    if not math.isfinite(step.entropy):
-        raise M.ModelError(f"non-finite logits at generated token {t}")
-    x.seen = torch.cat([x.seen, token.to(x.seen.device)])
-    return step
+@dataclass
+class Batch:
+    """The slots, the sample in each (None: free), and what a step reads of every slot."""
+    slots: M.Slots
+    live: list
+    logits: torch.Tensor  # [B, vocab] fp32: each slot's current token's logits (None: the step's forward gives them)
+    h_in: torch.Tensor  # [B, D]: their input to the last layer
+    pos: torch.Tensor  # [3, B]: their positions
+    nxt: torch.Tensor  # [B] int64: each slot's next text index (where its next token goes)
+    switch: R.Switch = None  # one switching rule, elementwise over the slots
+    steps: int = 0  # steps taken
+    waiting: tuple = None  # the next sample, taken from the queue, waiting for its step (refill)
+
+    @classmethod
+    def empty(cls, model, n, max_len):
+        c, dev, last = model.c, model.layer_devices()[0], model.layer_devices()[-1]
+        return cls(model.new_slots(n, max_len), [None] * n, torch.zeros(n, c.vocab_size, device=model.lm_head.device),
+                   torch.zeros(n, c.hidden_size, device=last, dtype=model.dtype), torch.zeros(3, n, dtype=torch.long, device=dev),
+                   torch.zeros(n, dtype=torch.long, device=dev))
 
 
 def generate_batch(model, samples, n_slots, max_len, stop_ids):
     """Decode samples, an iterable of (key, Prepared, Settings), n_slots at a time; max_len: the cache rows a slot
-    has (the longest prompt + max_new_tokens). Yields (key, steps, info, error) as each sample ends (error None, or
-    the one-line reason that sample failed: the others go on), in the order they end."""
-    queue = iter(samples)
-    slots = M.Slots.empty(model.llm.layers, n_slots, max_len, model.dtype)
-    live = [None] * n_slots
-    dev = model.layer_devices()[0]
-    more = True
+    has (at least the longest prompt + its max_new_tokens). A Prepared may instead be a string: why that sample could
+    not be prepared (its video), recorded as its error. Yields (key, steps, info, error) as each sample ends, in the
+    order they end: its vreason.Steps, its figures (as generate's `info`, plus latency_s from its admission to its
+    end) and None, or the one-line reason it failed (the others go on)."""
+    queue, batch = iter(samples), Batch.empty(model, n_slots, max_len)
+    dev, slots = model.layer_devices()[0], batch.slots
     while True:
-        for b in range(n_slots):  # refill every free slot from the queue
-            while live[b] is None and more:
-                key, prep, s = next(queue, (None, None, None))
-                if prep is None:
-                    more = False
-                elif len(prep.ids) + s.max_new_tokens > max_len:
-                    yield key, [], {}, f"the prompt ({len(prep.ids)} tokens) and --max-new-tokens exceed the {max_len} rows a slot has"
-                else:
-                    try:
-                        live[b] = admit(model, slots, b, key, prep, s)
-                    except (M.ModelError, RuntimeError, ValueError) as e:
-                        yield key, [], {}, str(e).splitlines()[0]
-        if not any(live):
+        yield from refill(model, batch, queue, max_len)
+        live = [b for b, x in enumerate(batch.live) if x is not None]
+        if not live:
             return
-        tokens, pos = torch.zeros(n_slots, dtype=torch.long, device=dev), torch.zeros(3, n_slots, dtype=torch.long, device=dev)
-        for b, x in enumerate(live):
-            if x is None:
-                continue
-            try:
-                step = choose_token(model, x, stop_ids)
-            except (M.ModelError, RuntimeError, ValueError) as e:
-                R.finish(x.info, x.ctrl, x.kept)
-                yield x.key, x.steps, x.info, str(e).splitlines()[0]
-                live[b] = None
-                continue
-            x.steps.append(step)
-            if step.token in stop_ids or len(x.steps) == x.s.max_new_tokens:
-                R.finish(x.info, x.ctrl, x.kept)
-                yield x.key, x.steps, x.info, None
-                live[b] = None
-                continue
-            x.pos = model.text_position(int(x.prep.pos.max()) + len(x.steps), dev)
-            tokens[b], pos[:, b] = step.token, x.pos[:, 0]
-        if not any(live):
-            continue
-        for b, x in enumerate(live):  # a free slot's row goes to its row 0, then is dropped
+        # METHOD.md §4 steps 2-5 for every slot: entropy, the switching rule, the updates that are due, the tokens
+        due, z = [b for b in live if batch.live[b].due()], None
+        if due or batch.logits is None:  # the last layer with grad into the due ΔVs: every slot's logits, and the
+            clock = R.Stopwatch(slots.k[-1].device)  # update's first forward
+            z = last_forward(model, batch, due)
+            batch.logits = z.detach().clone()
+        for b in live:  # a sample's first token: the prefill's logits
+            if batch.live[b].first is not None:
+                batch.logits[b], batch.live[b].first = batch.live[b].first, None
+        H = R.entropy(batch.logits)  # [B]
+        alpha, H_before = batch.switch(H), H  # (the rule takes the entropy before any update)
+        loss = torch.full_like(H, math.nan)
+        if due:
+            loss = update(model, batch, due, alpha, z)
+            H = R.entropy(batch.logits)  # (the redecoded rows changed; the others give the same numbers again)
+            clock.stop()
+        tokens = choose_tokens(batch)
+        read = R.to_host_later(torch.stack([tokens.double(), H, batch.switch.ema, batch.switch.peak, alpha, H_before, loss]))
+        # step 6, the next decode step for every slot, queued before this step's numbers reach the host (a sample that
+        # stops here costs one row computed and dropped; a free slot's row goes to its row 0)
+        for b, x in enumerate(batch.live):
             if x is None:
                 slots.lengths[b] = 0
+            elif x.s.repetition_penalty != 1.0:
+                x.seen = torch.cat([x.seen, tokens[b : b + 1].to(x.seen.device)])
+        batch.pos, batch.nxt, batch.steps = model.text_position(batch.nxt, dev), batch.nxt + 1, batch.steps + 1
+        finish = not any(x is not None and x.due(ahead=1) for x in batch.live)  # (an update next: its forward finishes)
         with torch.no_grad():
-            h_in = model.decode_slots(tokens, pos, slots)
-            last = next(i for i in reversed(range(len(slots.k))) if slots.k[i] is not None)
-            logits = model.last_layer(h_in, pos, slots.k[last], slots.v[last], model.slot_mask(slots, dev))
-        for b, x in enumerate(live):
-            if x is not None:
-                x.cache.length = slots.lengths[b]
-                x.logits, x.h_in = logits[b], h_in[b : b + 1]
+            logits, h_in = model.decode_slots(tokens.to(dev), batch.pos, slots, finish)
+        numbers = read()  # 7 lists of B
+        for b in live:
+            x = batch.live[b]
+            step = R.Step(int(numbers[0][b]), *(row[b] for row in numbers[1:5]))
+            if b in due:
+                step.updated, step.entropy_before, step.loss, step.opt_s = True, numbers[5][b], numbers[6][b], clock.seconds()
+                x.info["updates"] += 1
+            error = None if math.isfinite(step.entropy) else str(R.non_finite(len(x.steps)))
+            if error is None:
+                x.steps.append(step)
+            if error or step.token in stop_ids or len(x.steps) == x.s.max_new_tokens:
+                yield end(batch, b, error)
+        batch.logits, batch.h_in = logits, h_in
+
+
+def refill(model, batch, queue, max_len):
+    """Admit samples from the queue, in order, into every free slot; a sample that updates every k-th token waits
+    for a step divisible by k (at most k - 1 steps). Yields those that end before their first token."""
+    for b in range(len(batch.live)):
+        while batch.live[b] is None:
+            batch.waiting = batch.waiting or next(queue, None)
+            if batch.waiting is None:
+                return
+            key, prep, s = batch.waiting
+            if not any(batch.live):
+                batch.steps = 0  # an empty batch: this sample sets the phase
+            if not isinstance(prep, str) and s.mode != "baseline" and s.steps > 0 and batch.steps % s.update_every:
+                return  # its first token is due: it waits for the batch's update steps
+            batch.waiting = None
+            if isinstance(prep, str):  # it could not be prepared: its error
+                yield key, [], {}, prep
+            elif len(prep.ids) + s.max_new_tokens > max_len:
+                yield key, [], {}, f"its prompt ({len(prep.ids)} tokens) and max_new_tokens exceed the {max_len} rows a slot has"
+            elif batch.switch is not None and (s.beta, s.objective) != (batch.switch.beta, batch.switch.objective):
+                yield key, [], {}, "the samples of a batch share beta and objective (one switching rule): run it in a batch of its own"
+            else:
+                try:
+                    admit(model, batch, b, key, prep, s)
+                except (M.ModelError, torch.cuda.OutOfMemoryError) as e:
+                    batch.slots.lengths[b] = 0
+                    yield key, [], {}, str(e).splitlines()[0]
+
+
+def admit(model, batch, b, key, prep, s):
+    """Sample `key` into slot b: vreason.start on the slot (prefill, Lite, the controller), then its slot's logits,
+    last-layer input, position and switching rule."""
+    t0, info = time.perf_counter(), {}
+    batch.slots.lengths[b] = 0
+    logits, h_in, cache, ctrl, kept = R.start(model, prep, s, info, cache=batch.slots.view(b))
+    batch.slots.lengths[b] = cache.length
+    batch.h_in[b], batch.pos[:, b] = h_in[0], prep.pos[:, -1]
+    batch.nxt[b] = int(prep.pos.max()) + 1
+    if batch.switch is None:
+        batch.switch = R.Switch(s.beta, s.objective)
+        batch.switch.restart((len(batch.live),), logits.device)
+    batch.switch.restart(at=b)
+    R.sync(model)
+    info["prefill_s"] = time.perf_counter() - t0
+    batch.live[b] = Sample(key, s, cache, ctrl, kept, info, torch.Generator().manual_seed(s.seed), prep.ids.clone(), t0,
+                           logits)
+
+
+def last_forward(model, batch, due):
+    """The last layer for every slot at its current position over its own cache, the due samples' (slot indices)
+    video value rows through their controllers (ΔV -> rows, differentiable: with grad when any is due), then the head
+    -> logits [B, vocab]. A slot not due reads its cache's rows: its logits are its decode step's."""
+    slots = batch.slots
+    K, V = slots.k[-1], slots.v[-1]  # [B, Hkv, T, d]: the last layer keeps K/V (the contract: PORTING.md)
+    edited = V.clone() if due else V
+    for b in due:
+        edited[b, :, batch.live[b].ctrl.idx] = batch.live[b].ctrl.rows().to(V.dtype)
+    with torch.set_grad_enabled(bool(due)):
+        return model.last_layer(batch.h_in, batch.pos, K, edited, model.slot_mask(slots, K.device))
+
+
+def update(model, batch, due, alpha, z):
+    """METHOD.md §4 steps 3-4 for the due samples (slot indices) at once, z: the step's last_forward (graph attached)
+    for the first Adam step, a fresh one for each further step. The due samples' losses, summed, give each ΔV its own
+    gradient in one backward (nothing in the last layer mixes slots); each takes its own Adam step (a sample that is
+    not due is in no loss and is not stepped). Then the new rows into the cache and, where the settings say so, the
+    redecode into batch.logits. Returns each slot's first loss [B] (NaN for a slot not due)."""
+    live = batch.live
+    first = torch.full(alpha.shape, math.nan, dtype=torch.float64, device=alpha.device)
+    for i in range(max(live[b].s.steps for b in due)):
+        now = [b for b in due if live[b].s.steps > i]
+        z = z if i == 0 else last_forward(model, batch, now)
+        losses = torch.stack([alpha[b] * R.kl_to_uniform(z[b], live[b].s.kl) for b in now])
+        losses.sum().backward()  # into each due ΔV, from its own loss only
+        for b in now:
+            live[b].ctrl.adam()
+        if i == 0:
+            first[now] = losses.detach().double()
+    for b in due:
+        live[b].ctrl.write(live[b].cache)
+    redo = [b for b in due if live[b].s.redecode]
+    if redo:
+        with torch.no_grad():
+            batch.logits[redo] = last_forward(model, batch, [])[redo]
+    return first
+
+
+def choose_tokens(batch):
+    """Every slot's token [B]: the argmax of all slots at once (greedy), and for a sample that samples or penalizes
+    repeats, vreason.choose on its own row with its own generator."""
+    tokens = batch.logits.argmax(-1)
+    for b, x in enumerate(batch.live):
+        if x is not None and (x.s.temperature != 0 or x.s.repetition_penalty != 1.0):
+            tokens[b] = R.choose(batch.logits[b], x.s, x.seen, x.gen)[0]
+    return tokens
+
+
+def end(batch, b, error):
+    x, batch.live[b] = batch.live[b], None
+    R.finish(x.info, x.ctrl, x.kept)
+    x.info["latency_s"] = time.perf_counter() - x.t0
+    return x.key, x.steps, x.info, error

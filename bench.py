@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+import batch as B
 import model as M
 import video as V
 import vreason as R
@@ -223,6 +224,17 @@ def ours_decode(model, prep, n, **settings):  # -> time stamp of every generated
         ts.append(time.perf_counter())  # the token was read back (the next step is already queued behind it)
         steps.append(st)
     return ts, steps
+
+
+def batch_decode(model, prep, n_slots, n, **settings):
+    """Seconds of batch.generate_batch over n_slots copies of prep, n tokens each, all admitted before the first step:
+    the prefills, then n steps. A step's time is the difference of two lengths (the prefills cancel)."""
+    todo = [(i, prep, R.Settings(max_new_tokens=n, **settings)) for i in range(n_slots)]
+    t0 = time.perf_counter()
+    for _ in B.generate_batch(model, todo, n_slots, len(prep.ids) + n, set()):
+        pass
+    R.sync(model)
+    return time.perf_counter() - t0
 
 
 class Stamps:  # a transformers streamer: put() gets the prompt once, then every new token (already on the CPU)
@@ -453,6 +465,10 @@ def bench_shape(a, name, dev, dtype, with_vision):
                 ts, steps = ours_decode(ours, prep, nv, **settings)
                 row.update({key: per_token(ts), key + "_opt_share": sum(s.opt_s for s in steps[1:]) / (ts[-1] - ts[0]),
                             key + "_updates": sum(s.updated for s in steps[1:])})
+            if a.batch > 1:  # 7. batch.py: a step for a.batch samples, the baseline's and V-Reason k=2's
+                for key, settings in (("batch", {}), ("batch_k2", dict(mode="vreason", update_every=2))):
+                    one = batch_decode(ours, prep, a.batch, 1, **settings)
+                    row[key] = (batch_decode(ours, prep, a.batch, nv, **settings) - one) / (nv - 1)
             return row
 
         r = rounds(a, lambda: body(4, 4), body)
@@ -482,6 +498,18 @@ def bench_shape(a, name, dev, dtype, with_vision):
                                     x_bound=paired(r[key], bound(st)))
                           for key, _, st in MODES}
         res["vreason"].update(new_tokens=a.vr_tokens + 1, baseline_s_per_token=base)
+        if a.batch > 1:
+            # bound at B: as at batch 1, a step in which the samples are due (all at once here: admitted together,
+            # k = 2) reads the last layer and the head twice more than a plain step: the decode step before it stops
+            # after the layers below (batch.py shares the update's forward with grad, as generate does), then the
+            # backward and the redecode
+            bbound = [s + 2 * last_b / bw_ / 2 for bw_, s in zip(r["bandwidth"], r["batch"])]
+            res["batch"] = dict(slots=a.batch, s_per_step=med(r["batch"]), s_per_step_k2=med(r["batch_k2"]),
+                                tokens_x_batch1=paired([a.batch * w for w in r["ours_window"]], r["batch"]),
+                                k2_x_base=paired(r["batch_k2"], r["batch"]), bound_x_base=paired(bbound, r["batch"]),
+                                k2_x_bound=paired(r["batch_k2"], bbound))
+            log(t0, f"batch {a.batch}: {a.batch / med(r['batch']):.2f} tok/s ({res['batch']['tokens_x_batch1']:.2f}x "
+                    f"batch 1), V-Reason k=2 {res['batch']['k2_x_base']:.2f}x its baseline ({res['batch']['k2_x_bound']:.2f}x its bound)")
         log(t0, f"decode: ours {1 / med(r['ours']):.2f} tok/s" + (f", hf {1 / med(r['theirs']):.2f} tok/s, same tokens "
                 f"{res['decode']['tokens_match']}" if hf is not None else "") + f", {bw / 1e9:.1f} GB/s; "
                 + ", ".join(f"{label} {res['vreason'][k]['x_baseline']:.2f}x" for k, label, _ in MODES) + " baseline")
@@ -529,6 +557,13 @@ def targets(name, res):
     for mode, limit in (("vreason", 1.02 if newer else 1.05), ("lite", None)):
         it, base = m[mode]["peak_bytes"], m["baseline"]["peak_bytes"]
         rows.append((f"peak memory {mode} GiB (it | baseline)", it / 2**30, base / 2**30, it / base, limit and ("<=", limit, "base")))
+    if "batch" in res:  # issue 20's CPU targets
+        bt, n = res["batch"], res["batch"]["slots"]
+        rows.append((f"decode tok/s at batch {n} (it | batch 1, vreason.generate)", n / bt["s_per_step"],
+                     1 / v["baseline_s_per_token"], bt["tokens_x_batch1"], (">=", 3.0, "batch 1")))
+        rows.append((f"V-Reason k=2 at batch {n} ms/step (it | its byte bound; {bt['k2_x_base']:.2f}x base)",
+                     1e3 * bt["s_per_step_k2"], 1e3 * bt["s_per_step"] * bt["bound_x_base"], bt["k2_x_bound"],
+                     ("<=", 1.10, "bound")))
     L, fixed = m["lite"], res["config"]["fixed_state_bytes"]  # (the linear layers' state: nothing in it is pruned)
     text = (L["kv_bytes_before"] - fixed) / p["prompt_tokens"] * (p["prompt_tokens"] - L["video_tokens"])
     rows.append(("Lite KV cache MiB (after | before prune); half the video", L["kv_bytes_after"] / 2**20,
@@ -566,6 +601,7 @@ def parse_args(argv):
     p.add_argument("--video-grid", type=int, nargs=3, default=[4, 16, 16], help="prompt video, t h w patches (256 tokens)")
     p.add_argument("--vision-grid", type=int, nargs=3, default=[8, 24, 24],
                    help="vision benchmark clip: 16 frames 336x336 (8 32 32: 448x448, 4x slower in transformers)")
+    p.add_argument("--batch", type=int, default=8, help="slots of the batched decode (batch.py) against batch 1; 1: skip")
     p.add_argument("--bw-mib", type=int, default=1024, help="size of the mat-vec that measures memory bandwidth")
     p.add_argument("--init-std", type=float, default=0.02)
     p.add_argument("--json", default="bench.json")
@@ -577,6 +613,7 @@ def parse_args(argv):
     if a.smoke:
         a.shape = a.shape or ["tiny", "tiny-gqa"]
         a.runs, a.new_tokens, a.vr_tokens, a.bw_mib, a.video_grid, a.vision_grid = 1, 8, 6, 64, [2, 8, 8], [2, 12, 12]
+        a.batch = min(a.batch, 3)
     a.shape = a.shape or ["3b-slim", "7b-narrow", "small"]
     return a
 

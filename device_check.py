@@ -1,7 +1,8 @@
 """The device check: one call on a GPU machine, one table (issue 12).
 
-    python device_check.py                 # CUDA: every section (those of Qwen3.5, 4 and 5, not yet timed on a GPU)
-    python device_check.py --skip speed35,parity35      # without them: ~8 minutes on a bare GPU
+    python device_check.py                 # CUDA: every section (4-7 not yet timed on a GPU)
+    python device_check.py --skip batch,eval,speed35,parity35      # without them: ~8 minutes on a bare GPU
+    python device_check.py --skip long,parity,attention,cli,speed35,parity35   # speed, then batch.py's (6, 7)
     python device_check.py --skip speed,long,parity,attention,cli   # the Qwen3.5 sections alone
     python device_check.py --device cpu    # dry run: every step on scaled-down shapes (its timings mean nothing)
 
@@ -22,9 +23,16 @@ A/B, and 2, then 4 and 5; each section's rows and device_check.json are written 
      writes the Gated DeltaNet layers' state, and reads the full-attention layers' K/V rows; eager decode and
      transformers' generate beside it;
   5. (parity35) parity as in 1 for Qwen3.5 (its linear layers' chunked prefill and recurrent decode included), fp32
-     and bf16, a mid-size checkpoint.
+     and bf16, a mid-size checkpoint;
+  6. (batch) the compiled 7B of 3 through batch.py: tokens/s at B = 8, 32, 64 against compiled batch 1, peak
+     memory, V-Reason k=2 at B = 32 against the baseline at B = 32;
+  7. (eval) eval.py end to end on 256 synthetic 2-second clips (baseline, 64 new tokens, eager) on 3's checkpoint:
+     questions an hour at the default --batch-size against --batch-size 1, and the share of the time decoding
+     waited for videos being read (needs PyAV).
 Targets (H100, bf16, batch 1): compiled decode <= 1.25x the floor, >= 3x transformers' tokens/s, V-Reason k=2 <= 1.15x
-baseline per token, peak memory <= 1.02x baseline; Qwen3.5 compiled decode <= 1.3x its floor. transformers is needed
+baseline per token, peak memory <= 1.02x baseline; Qwen3.5 compiled decode <= 1.3x its floor; batched (issue 20):
+>= 16x batch 1's tokens/s at B = 32, >= 24x at 64, V-Reason k=2 <= 1.20x the baseline at B = 32, eval >= 6x the
+questions an hour of batch 1. transformers is needed
 here only (the machine's 5.x: its Qwen2.5-VL wants mm_token_type_ids and casts second_per_grid to an integer, so the
 prompts use 1.0 s per group, where both rules agree; Qwen3.5 needs a 5.x that has Qwen3_5ForConditionalGeneration, and
 runs its pure-torch Gated DeltaNet where fla is not installed). Writes device_check.json (and $OUT/device_check.json
@@ -36,6 +44,7 @@ import importlib.util
 import inspect
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -46,6 +55,7 @@ from collections import namedtuple
 
 import torch
 
+import batch as B
 import model as M
 import video as V
 import vreason as R
@@ -255,18 +265,22 @@ def steps(model, prep, n):
 
 # ----------------------------------------------------------------------------- 2. the CLI
 
-def cli(dev, tmp, dtype):
-    if importlib.util.find_spec("av") is None:  # the CLI decodes the clip
-        return {"error": "PyAV is not installed here: carry its wheel (README, 'The device check')"}
+def char_tokenizer(d):  # a character-level tokenizer.json with the Qwen2 special tokens, into checkpoint d
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 
-    d = save(hf_model("qwen3_vl", "parity-dry", 0.2, dev, torch.float32), os.path.join(tmp, "cli"))
-    vocab = {c: i for i, c in enumerate(sorted(set(map(chr, range(32, 127))) | {"\n"}))}  # a character-level tokenizer
+    vocab = {c: i for i, c in enumerate(sorted(set(map(chr, range(32, 127))) | {"\n"}))}
     vocab["[UNK]"] = len(vocab)
     tok = Tokenizer(models.WordLevel({**vocab, **SPECIAL}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     tok.add_special_tokens([AddedToken(k, special=True) for k in SPECIAL])
     tok.save(os.path.join(d, "tokenizer.json"))
+
+
+def cli(dev, tmp, dtype):
+    if importlib.util.find_spec("av") is None:  # the CLI decodes the clip
+        return {"error": "PyAV is not installed here: carry its wheel (README, 'The device check')"}
+    d = save(hf_model("qwen3_vl", "parity-dry", 0.2, dev, torch.float32), os.path.join(tmp, "cli"))
+    char_tokenizer(d)
     out = {}
     for mode, extra in (("baseline", []), ("vreason", []), ("lite", [])) + ((("vreason", ["--compile"]),) if dev.type == "cpu" else ()):
         j = os.path.join(tmp, "cli.json")
@@ -457,6 +471,78 @@ def speed35(dev, dtype, shape, n, tmp, res):
     say(f"compiled {1e3 * res['base_s']:.2f} ms/token")
 
 
+# ----------------------------------------------------------------------------- 6. batched decoding (batch.py)
+
+def batch_step_s(model, prep, n_slots, n, dev, **kw):
+    """Seconds of one batched step for n_slots copies of prep (batch.generate_batch): runs of n // 4 and n tokens,
+    their difference over the steps between (the prefills cancel), after a warm-up run (the compile of this batch
+    size, the graphs' capture). Every run has the same slots (n_slots x the rows of n tokens): one set of graphs."""
+    def run(k):
+        todo = [(i, prep, R.Settings(max_new_tokens=k, **kw)) for i in range(n_slots)]
+        sync(dev)
+        t0 = time.perf_counter()
+        for _ in B.generate_batch(model, todo, n_slots, len(prep.ids) + n, set()):
+            pass
+        sync(dev)
+        return time.perf_counter() - t0
+    run(8)
+    short = run(n // 4)
+    return (run(n) - short) / (n - n // 4)
+
+
+def speed_batch(dev, n, res, keep, sizes):
+    """The compiled 7B of speed(): tokens/s of batch.py at each batch size against compiled batch 1 (speed()'s
+    baseline, vreason.generate), its peak memory, and V-Reason k=2 at the middle size against the baseline there."""
+    t0, ours = time.perf_counter(), keep["model"]
+    prep = prepare(ours, (4, 16, 16), dev)[2]  # speed()'s prompt
+    res["one_s"] = keep.get("base_s") or ours_run(ours, prep, n, dev)[0]
+    for b in sizes:
+        torch.cuda.reset_peak_memory_stats(dev) if dev.type == "cuda" else None
+        res[f"b{b}_s"] = batch_step_s(ours, prep, b, n, dev)
+        res[f"b{b}_peak"] = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0
+        print(f"   batch [{time.perf_counter() - t0:4.0f}s] B={b}: {1e3 * res[f'b{b}_s']:.2f} ms/step, "
+              f"{b / res[f'b{b}_s'] * res['one_s']:.1f}x batch 1's tokens/s", flush=True)
+    mid = sizes[len(sizes) // 2]
+    res["k2_size"], res["k2_s"] = mid, batch_step_s(ours, prep, mid, n, dev, mode="vreason", update_every=2)
+    print(f"   batch [{time.perf_counter() - t0:4.0f}s] V-Reason k=2 at B={mid}: {1e3 * res['k2_s']:.2f} ms/step", flush=True)
+
+
+def eval_e2e(dev, tmp, res, clips, tokens):
+    """eval.py end to end on `clips` synthetic 2-second clips (multiple choice, baseline), on speed()'s 7B checkpoint
+    (a character-level tokenizer added), eager: --batch-size 1 against the default; each run's questions an hour
+    and the share of its time decoding waited for videos, as eval.py states them."""
+    if importlib.util.find_spec("av") is None:
+        res["error"] = "PyAV is not installed here: carry its wheel (README, 'The device check')"
+        return
+    import av
+    import numpy as np
+
+    ckpt, data = os.path.join(tmp, "7b-dry" if dev.type == "cpu" else "7b"), os.path.join(tmp, "e2e")
+    char_tokenizer(ckpt)
+    os.makedirs(data, exist_ok=True)
+    rng = np.random.default_rng(0)
+    with open(os.path.join(data, "eval_synthetic.jsonl"), "w") as f:
+        for i in range(clips):
+            with av.open(os.path.join(data, f"c{i}.mp4"), "w") as box:
+                st = box.add_stream("mpeg4", rate=4)
+                st.width, st.height, st.pix_fmt = 128, 96, "yuv420p"
+                for _ in range(8):
+                    box.mux(st.encode(av.VideoFrame.from_ndarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8), format="rgb24")))
+                box.mux(st.encode())
+            f.write(json.dumps({"problem_id": i, "problem": "Which way does it move?", "options": ["A. left", "B. right"],
+                                "solution": "<answer>A</answer>", "problem_type": "multiple choice", "path": f"c{i}.mp4"}) + "\n")
+    for name, extra in (("b1", ["--batch-size", "1"]), ("default", [])):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), "--data", os.path.join(data, "eval_synthetic.jsonl"),
+                            "--video-root", data, "--out", os.path.join(tmp, f"e2e-{name}"), "--model", ckpt, "--modes", "baseline",
+                            "--max-new-tokens", str(tokens), "--device", dev.type, *extra], capture_output=True, text=True, timeout=900)
+        line = next((x for x in r.stderr.splitlines() if " runs in " in x), "")
+        got = [float(v) for v in re.findall(r"in ([\d.]+) s at batch size (\d+), (\d+) entries an hour; decoding waited ([\d.]+) s", line)[0]] \
+            if r.returncode == 0 and line else None
+        res[name] = {"rc": r.returncode, "err": r.stderr.strip()[-300:]} if got is None else \
+            dict(seconds=got[0], batch_size=int(got[1]), per_hour=got[2], waited_s=got[3])
+        print(f"   eval [{name}] {res[name]}", flush=True)
+
+
 def attention_ab(dev, dtype, c, rows):
     """The decode attention alone over a cache of `rows` rows, every layer's in turn, microseconds a layer: eager, SDPA
     (the eager step's: its memory-efficient kernel runs one block per kv head) and the same as two products and a
@@ -503,8 +589,9 @@ def main(argv=None):
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--skip", default="", help="comma-separated sections to leave out, of (in the order they run) "
-                   "speed, long (the video-length prompt: needs speed), parity, attention (the decode attention A/B), cli, "
-                   "speed35 (Qwen3.5-4B's compiled decode), parity35 (Qwen3.5's parity)")
+                   "speed, long (the video-length prompt: needs speed), batch (batch.py's tokens/s: needs speed), eval "
+                   "(eval.py end to end at batch 1 and its default: needs speed's checkpoint), parity, attention (the "
+                   "decode attention A/B), cli, speed35 (Qwen3.5-4B's compiled decode), parity35 (Qwen3.5's parity)")
     a = p.parse_args(argv)
     dry = a.device == "cpu"
     if not dry and not torch.cuda.is_available():
@@ -602,13 +689,49 @@ def main(argv=None):
             if "model" in keep:  # (speed failed before its model was compiled: nothing to run this on)
                 speed_long(dev, 16 if dry else a.new_tokens, s, keep)
         finally:
-            keep.pop("model", None)  # the 7B goes before the parity checkpoints come
-            free(dev)
+            if "batch" in a.skip.split(","):
+                keep.pop("model", None)  # the 7B goes before the parity checkpoints come (batch, if run, takes it)
+                free(dev)
             if have("long_s", "long_floor_s"):
                 rows.append((f"decode compiled, {s['long_rows']} rows (x floor with the rows' bytes); recompile "
                              f"{s['long_compile_s']:.0f} s", x("long_s", "long_floor_s"), "", None))
             if have("long_vreason_k2_s", "long_s"):
                 rows.append(("  V-Reason k=2 there (x compiled baseline)", x("long_vreason_k2_s", "long_s"), "", None))
+
+    sb, se = report.setdefault("batch", {}), report.setdefault("eval", {})
+
+    def batch_all():
+        sizes = (2, 4) if dry else (8, 32, 64)
+        try:
+            if "model" in keep:
+                keep["base_s"] = s.get("base_s")
+                speed_batch(dev, 16 if dry else 64, sb, keep, sizes)
+        finally:
+            keep.pop("model", None)  # the 7B goes before the parity checkpoints come
+            free(dev)
+            for b, goal in zip(sizes, (None, 16, 24) if not dry else (None, None)):
+                if have(f"b{b}_s", "one_s", d=sb):
+                    gain = b * sb["one_s"] / sb[f"b{b}_s"]
+                    rows.append((f"batch.py at B={b}: tokens/s x compiled batch 1; ms/step, peak GiB",
+                                 f"{gain:.1f}x; {1e3 * sb[f'b{b}_s']:.2f} ms, {sb[f'b{b}_peak'] / 2**30:.1f} GiB",
+                                 f">= {goal}x" if goal else "", gain >= goal if goal else None))
+            if have("k2_s", f"b{sb.get('k2_size')}_s", d=sb):
+                ratio = sb["k2_s"] / sb[f"b{sb['k2_size']}_s"]
+                rows.append((f"  V-Reason k=2 at B={sb['k2_size']} per step (x its baseline)", f"{1e3 * sb['k2_s']:.2f} ms ({ratio:.2f}x)",
+                             "<= 1.20x", ratio <= 1.20))
+
+    def eval_all():
+        eval_e2e(dev, tmp, se, 8 if dry else 256, 16 if dry else 64)
+        if "error" in se:
+            rows.append(("eval.py end to end", se["error"], "", False))
+        elif have("b1", "default", d=se) and "per_hour" in se["b1"] and "per_hour" in se["default"]:
+            gain = se["default"]["per_hour"] / se["b1"]["per_hour"]
+            rows.append((f"eval.py, {8 if dry else 256} clips: questions/hour at its default B={se['default']['batch_size']} x B=1; "
+                         f"waited for video", f"{gain:.1f}x; {100 * se['default']['waited_s'] / se['default']['seconds']:.0f}% "
+                         f"(B=1: {100 * se['b1']['waited_s'] / se['b1']['seconds']:.0f}%)", ">= 6x" if not dry else "",
+                         gain >= 6 if not dry else None))
+        else:
+            rows.append(("eval.py end to end", str({k: v.get("err", "") for k, v in se.items()})[:200], "", False))
 
     def attention_all():
         for n_rows in s.get("attention_rows", [512]) if "c" in keep else []:
@@ -643,7 +766,8 @@ def main(argv=None):
         # the targets first, so that a run cut short keeps them; the 7B's graphs stay for the long prompt, and
         # parity's compile comes after (it resets them). The Qwen3.5 sections last: the check of the first five stays
         # as it was, and a short call leaves them out (--skip speed35,parity35) or runs them alone
-        for name, run in (("speed", speed_all), ("long", long_all), ("parity", lambda: parity_of(("qwen2_5_vl", "qwen3_vl"))),
+        for name, run in (("speed", speed_all), ("long", long_all), ("batch", batch_all), ("eval", eval_all),
+                          ("parity", lambda: parity_of(("qwen2_5_vl", "qwen3_vl"))),
                           ("attention", attention_all), ("cli", cli_all), ("speed35", speed35_all),
                           ("parity35", lambda: parity_of(("qwen3_5",)))):
             if name not in a.skip.split(","):

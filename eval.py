@@ -6,6 +6,9 @@ with torchrun. The scoring rules are videor1.py's, the summary and the figures r
     torchrun --nproc-per-node 8 eval.py --data ... --out runs/7b       # same flags, one shard per process
     python eval.py --report runs/7b      # figures + paired statistics from the records (no model; also mid-run)
 
+--batch-size B decodes B (entry, mode) runs together (batch.py), each equal to its batch-1 run, the videos of the next
+entries read by a thread meanwhile.
+
 Takes every decoding / V-Reason / video / runtime flag of cli.py (cli.add_args). Reference: docs/eval.md.
 """
 import datetime
@@ -13,16 +16,19 @@ import fcntl
 import hashlib
 import json
 import os
+import queue
 import re
 import socket
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 
+import batch as B
 import cli as C
 import model as M
 import report
@@ -152,47 +158,142 @@ def trace_of(steps):
             "updated_at": " ".join(str(i) for i, st in enumerate(steps) if st.updated)}
 
 
-def run_sample(model, tok, a, item, modes, conf, dev, stop_ids):
-    """Decode and encode the video once, then run each pending mode on the same prepared input. Yields records."""
-    base = {"dataset": item["dataset"], "id": item["id"], "problem_type": item["problem_type"],
+def read_video(a, item, fam):
+    """An entry's video, as the flags read it -> (video.Video, seconds it took); a video.VideoError if it cannot be."""
+    if item.get("data_type", "video") != "video":
+        raise V.VideoError(f"data_type {item['data_type']!r} is not supported (videos only)")
+    t0 = time.perf_counter()
+    video = V.load_video(os.path.join(a.video_root, item.get("path", item.get("video"))), fam, fps=a.fps,
+                         nframes=a.nframes, max_frames=a.max_frames, min_pixels=a.min_pixels, max_pixels=a.max_pixels,
+                         total_pixels=a.total_pixels)
+    return video, time.perf_counter() - t0
+
+
+def base_record(a, item, dev):  # what every record of an entry holds; the run keys: how it ran, not compared on resume
+    return {"dataset": item["dataset"], "id": item["id"], "problem_type": item["problem_type"],
             "data_source": item.get("data_source"), "answer": answer_of(item["solution"]), "model": a.model,
-            "device": str(dev), "device_map": a.device_map, "compile": a.compile}  # how it ran: not compared on resume
-    fail = lambda m, why: {**base, "mode": m, "prediction": None, "score": 0.0, "correct": False, "error": why, "settings": conf[m]}
+            "device": str(dev), "device_map": a.device_map, "compile": a.compile, "batch_size": a.batch_size}
+
+
+def failed(base, m, conf, why):  # an (entry, mode) run that ended in an error: scored 0
+    return {**base, "mode": m, "prediction": None, "score": 0.0, "correct": False, "error": why, "settings": conf[m]}
+
+
+def finished(base, m, conf, tok, steps, info, times, item_type):
+    """The record of a decoded (entry, mode) run; times: prefill_s, decode_s, latency_s, video_s, vision_s and
+    peak_memory_bytes, as the batch size measures them (docs/eval.md#records)."""
+    text = tok.decode([st.token for st in steps], skip_special_tokens=True)
+    pred = answer_of(text)
+    sc = score(item_type, pred, base["answer"])
+    return {**base, "mode": m, "prediction": pred, "score": sc, "correct": sc == 1.0, "output": text,
+            "output_tokens": len(steps), **times, "video_tokens": info["video_tokens"],
+            "video_tokens_kept": info["video_tokens_kept"], "updates": info.get("updates", 0), "error": None,
+            "settings": conf[m], "trace": trace_of(steps)}
+
+
+def settings_of(conf):  # a record's settings -> the vreason.Settings they were made with
+    return R.Settings(**{f.name: conf[f.name] for f in fields(R.Settings)})
+
+
+def run_sample(model, tok, a, item, modes, conf, dev, stop_ids):
+    """Batch 1: decode and encode the video once, then run each pending mode on the same prepared input. Yields
+    records; each mode's peak memory is its own."""
+    base = base_record(a, item, dev)
     try:
-        if item.get("data_type", "video") != "video":
-            raise V.VideoError(f"data_type {item['data_type']!r} is not supported (videos only)")
-        t0 = time.perf_counter()
-        video = V.load_video(os.path.join(a.video_root, item.get("path", item.get("video"))), model.family, fps=a.fps,
-                             nframes=a.nframes, max_frames=a.max_frames, min_pixels=a.min_pixels, max_pixels=a.max_pixels,
-                             total_pixels=a.total_pixels)
-        video_s = time.perf_counter() - t0
+        video, video_s = read_video(a, item, model.family)
         prep = R.prepare(model, tok, video, question(item), a.system)
     except V.VideoError as e:  # a missing or unreadable video costs this sample only
-        yield from (fail(m, str(e)) for m in modes)
+        yield from (failed(base, m, conf, str(e)) for m in modes)
         return
     for m in modes:
-        s = R.Settings(**{f.name: conf[m][f.name] for f in fields(R.Settings)})
         M.reset_peak_memory(model)
         info, t0 = {}, time.perf_counter()
         try:
-            steps = list(R.generate(model, prep, s, stop_ids, info))
+            steps = list(R.generate(model, prep, settings_of(conf[m]), stop_ids, info))
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-            yield fail(m, "out of GPU memory")
+            yield failed(base, m, conf, "out of GPU memory")
             continue
         except M.ModelError as e:  # non-finite logits: this sample's (a float overflow on one input), not the run's
-            yield fail(m, str(e))
+            yield failed(base, m, conf, str(e))
             continue
         R.sync(model)
         total = time.perf_counter() - t0
-        text = tok.decode([st.token for st in steps], skip_special_tokens=True)
-        pred = answer_of(text)
-        sc = score(item["problem_type"], pred, base["answer"])
-        yield {**base, "mode": m, "prediction": pred, "score": sc, "correct": sc == 1.0, "output": text,
-               "output_tokens": len(steps), "prefill_s": info["prefill_s"], "decode_s": total - info["prefill_s"],
-               "latency_s": total, "video_s": video_s, "vision_s": prep.vision_s, "peak_memory_bytes": M.peak_memory_bytes(model),
-               "video_tokens": info["video_tokens"], "video_tokens_kept": info["video_tokens_kept"],
-               "updates": info.get("updates", 0), "error": None, "settings": conf[m], "trace": trace_of(steps)}
+        times = {"prefill_s": info["prefill_s"], "decode_s": total - info["prefill_s"], "latency_s": total,
+                 "video_s": video_s, "vision_s": prep.vision_s, "peak_memory_bytes": M.peak_memory_bytes(model)}
+        yield finished(base, m, conf, tok, steps, info, times, item["problem_type"])
+
+
+class Prefetch:
+    """--batch-size > 1: the next entries' videos are read by a thread while the batch decodes (reading a video on
+    the CPU is what bounds an evaluation run otherwise). Reading only: the vision encoder runs on the main thread
+    when a sample is admitted (a CUDA graph being captured, --compile, must see no other thread's kernels; the
+    encoder is a short burst beside the decoding). Iterating gives (entry, modes, (video, seconds) or the reason it
+    could not be read); `waited`: the seconds the decoding waited for a video."""
+
+    def __init__(self, work, read, depth):
+        self.q, self.waited = queue.Queue(depth), 0.0
+        threading.Thread(target=self.reader, args=(work, read), daemon=True).start()  # (daemon: dies with the run)
+
+    def reader(self, work, read):
+        for item, modes in work:
+            try:
+                got = read(item)
+            except V.VideoError as e:  # a missing or unreadable video costs this sample only
+                got = str(e)
+            except BaseException as e:  # anything else stops the run, on the main thread
+                self.q.put(e)
+                return
+            self.q.put((item, modes, got))
+        self.q.put(None)
+
+    def __iter__(self):
+        while True:
+            t0 = time.perf_counter()
+            x = self.q.get()
+            self.waited += time.perf_counter() - t0
+            if x is None:
+                return
+            if isinstance(x, BaseException):
+                raise x
+            yield x
+
+
+def run_batched(model, tok, a, mine, conf, dev, stop_ids, max_len, write):
+    """--batch-size > 1: every pending (entry, mode) of this rank through batch.generate_batch; calls write(entry,
+    record) as each ends. An entry's video is read once and encoded once for all its modes. Timings: a sample's
+    prefill, and its latency from admission to its end (its decoding shared the device with the batch); peak memory:
+    the batch's, since the run began. Returns the seconds the decoding waited for a video to be read."""
+    videos = Prefetch(mine, lambda item: read_video(a, item, model.family), depth=a.batch_size)
+
+    def samples():
+        for item, modes, got in videos:
+            base = base_record(a, item, dev)
+            if isinstance(got, str):
+                prep, video_s = got, 0.0
+            else:
+                video, video_s = got
+                try:
+                    prep = R.prepare(model, tok, video, question(item), a.system)
+                except V.VideoError as e:
+                    prep = str(e)
+            for m in modes:
+                yield (item, base, m, video_s, prep), prep, settings_of(conf[m])
+
+    M.reset_peak_memory(model)
+    try:
+        for (item, base, m, video_s, prep), steps, info, error in B.generate_batch(model, samples(), a.batch_size, max_len, stop_ids):
+            if error:
+                write(item, failed(base, m, conf, error))
+                continue
+            times = {"prefill_s": info["prefill_s"], "decode_s": info["latency_s"] - info["prefill_s"],
+                     "latency_s": info["latency_s"], "video_s": video_s, "vision_s": prep.vision_s,
+                     "peak_memory_bytes": M.peak_memory_bytes(model)}
+            write(item, finished(base, m, conf, tok, steps, info, times, item["problem_type"]))
+    except torch.cuda.OutOfMemoryError:
+        raise M.ModelError(f"out of GPU memory at --batch-size {a.batch_size}; the records so far are kept: rerun with "
+                           f"a smaller --batch-size to resume") from None
+    return videos.waited
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -206,6 +307,8 @@ def parse_args(argv):
     p.add_argument("--modes", default="baseline,vreason,lite")
     p.add_argument("--limit", type=int, default=None, help="first N entries of each file")
     p.add_argument("--retry-errors", action="store_true", help="rerun entries recorded as errors (e.g. a video now present)")
+    p.add_argument("--batch-size", type=int, default=None, help="(entry, mode) runs decoded together, each equal to "
+                   "its batch-1 run (default: 1 on CPU; on CUDA the most of 32, 16, 8, 4, 2 that fits the memory check)")
     C.add_args(p)  # the CLI's decoding, V-Reason, video and runtime flags
     p.set_defaults(max_frames=16)  # METHOD.md §8: up to 16 frames of 128 tokens (--max-pixels: set in run(), per family)
     a = p.parse_args(argv)
@@ -213,8 +316,9 @@ def parse_args(argv):
     a.modes = a.modes.split(",")
     if not a.modes or len(set(a.modes)) < len(a.modes) or not set(a.modes) <= set(R.MODES):
         raise C.UsageError(f"argument --modes: a comma-separated list of distinct {', '.join(R.MODES)}")
-    if a.limit is not None and a.limit < 1:
-        raise C.UsageError(f"argument --limit: invalid value {a.limit}")
+    for flag in ("limit", "batch_size"):
+        if getattr(a, flag) is not None and getattr(a, flag) < 1:
+            raise C.UsageError(f"argument --{flag.replace('_', '-')}: invalid value {getattr(a, flag)}")
     return a
 
 
@@ -300,6 +404,15 @@ def check_request(a, skeleton, tok, items):
     return bound
 
 
+def default_batch_size(skeleton, dev, dtype, device_map, prompt_tokens, new_tokens):
+    """--batch-size unset: 1 off CUDA (a CPU is not bound by the weights' bytes at batch 1 the way a GPU is); on CUDA
+    the most of 32, 16, 8, 4, 2 whose caches (each slot the longest prompt the flags allow) pass the memory check."""
+    if dev.type != "cuda":
+        return 1
+    fits = lambda n: M.shortfall(M.memory_need(skeleton, dev, dtype, device_map, prompt_tokens, new_tokens, slots=n)) is None
+    return next((n for n in (32, 16, 8, 4, 2) if fits(n)), 1)
+
+
 def rank_devices(local, per_node, visible, device_map):
     """Under torchrun on CUDA: this process's device, and its GPUs for --device-map auto. A launcher may give each
     process GPUs of its own (it then sees fewer than there are processes on the node), hence local rank modulo the
@@ -314,31 +427,50 @@ def rank_devices(local, per_node, visible, device_map):
     return devs[0], devs
 
 
-def run_shard(a, model_dir, tok, mine, tries, conf, dev, dtype, device_map, rank):
-    """Load the model and run this rank's (entry, modes); tries: the attempts recorded so far, by key."""
+def run_shard(a, model_dir, tok, mine, tries, conf, dev, dtype, device_map, rank, max_len):
+    """Load the model and run this rank's (entry, modes); tries: the attempts recorded so far, by key; max_len: the
+    longest prompt the flags allow + --max-new-tokens (a slot's rows at --batch-size > 1)."""
     with C.Progress("loading weights", "shards", every=0, quiet=rank != 0) as shards:
         model = M.load_model(model_dir, dev, dtype, device_map, progress=shards)
     if a.compile:
         model.compile_decode()
     stop_ids = model.stop_ids(tok)
     fd, bar = open_records(a.out, rank), C.progress(len(mine)) if rank == 0 else (lambda what: None)
-    try:
-        for it, modes in mine:
-            errors = {}  # error -> the modes it ended
-            for rec in run_sample(model, tok, a, it, modes, conf, dev, stop_ids):
-                rec["attempt"] = tries.get((rec["dataset"], rec["id"], rec["mode"]), 0) + 1
-                try:
-                    append(fd, rec)
-                except OSError as e:
-                    raise OutputError(f"cannot append to {a.out}/records.rank{rank}.jsonl ({e.strerror}); the records "
-                                      f"before it are kept: rerun the same command to resume") from None
-                if rec["error"]:
-                    errors.setdefault(rec["error"], []).append(rec["mode"])
+    left = {(it["dataset"], it["id"]): (len(modes), {}) for it, modes in mine}  # per entry: runs to end, errors -> modes
+
+    def write(it, rec):  # one record on disk; once an entry's last run has ended, its errors and the progress bar
+        rec["attempt"] = tries.get((rec["dataset"], rec["id"], rec["mode"]), 0) + 1
+        try:
+            append(fd, rec)
+        except OSError as e:
+            raise OutputError(f"cannot append to {a.out}/records.rank{rank}.jsonl ({e.strerror}); the records "
+                              f"before it are kept: rerun the same command to resume") from None
+        n, errors = left[it["dataset"], it["id"]]
+        if rec["error"]:
+            errors.setdefault(rec["error"], []).append(rec["mode"])
+        left[it["dataset"], it["id"]] = n - 1, errors
+        if n == 1:
             for e, ms in errors.items():
                 C.note(f"eval: {it['dataset']}/{it['id']} ({', '.join(ms)}): {e}")
             bar(f"{it['dataset']}/{it['id']}")
+
+    t0, waited = time.perf_counter(), 0.0
+    try:
+        if a.batch_size > 1:
+            waited = run_batched(model, tok, a, mine, conf, dev, stop_ids, max_len, write)
+        else:
+            for it, modes in mine:
+                video_s = 0.0
+                for rec in run_sample(model, tok, a, it, modes, conf, dev, stop_ids):
+                    write(it, rec)
+                    video_s = rec.get("video_s", video_s)
+                waited += video_s  # (at batch 1 the device idles while a video is read)
     finally:
         os.close(fd)
+    total = time.perf_counter() - t0
+    print(f"eval: rank {rank}: {sum(len(ms) for _, ms in mine)} (entry, mode) runs in {total:.1f} s at batch size "
+          f"{a.batch_size}, {3600 * len(mine) / total:.0f} entries an hour; decoding waited {waited:.1f} s "
+          f"({100 * waited / total:.1f}%) for videos being read", file=sys.stderr)
 
 
 def write_results(a, datasets):
@@ -374,14 +506,16 @@ def run(a):
     skeleton = M.skeleton(model_dir)
     tok = V.load_tokenizer(model_dir, skeleton.family, skeleton.c)
     bound = check_request(a, skeleton, tok, [it for _, items in datasets for it in items])
-    M.check_memory(skeleton, dev, dtype, device_map, bound, a.max_new_tokens)
+    if a.batch_size is None:
+        a.batch_size = default_batch_size(skeleton, dev, dtype, device_map, bound, a.max_new_tokens)
+    M.check_memory(skeleton, dev, dtype, device_map, bound, a.max_new_tokens, a.batch_size)
     made, lock = rank == 0 and not os.path.lexists(a.out), None
     try:  # (open_out inside: a Ctrl-C in the instant after it made --out still removes it)
         lock = open_out(a.out, lock=rank == 0)
         model_dir = C.resolve_model(a.model)  # the weights now (a download, for a Hub id not in the cache)
         model = model_identity(model_dir)  # (hashed once, not once a mode)
         conf = {m: settings(a, m, dtype, model) for m in a.modes}
-        return run_locked(a, model_dir, tok, datasets, conf, dev, dtype, device_map, rank, world)
+        return run_locked(a, model_dir, tok, datasets, conf, dev, dtype, device_map, rank, world, bound + a.max_new_tokens)
     except BaseException:
         if made:
             forget_out(a.out)
@@ -406,7 +540,7 @@ def forget_out(out):
         pass
 
 
-def run_locked(a, model_dir, tok, datasets, conf, dev, dtype, device_map, rank, world):
+def run_locked(a, model_dir, tok, datasets, conf, dev, dtype, device_map, rank, world, max_len):
     skipped = []
     recs = report.read_records(a.out, skipped)
     if rank == 0:
@@ -432,7 +566,7 @@ def run_locked(a, model_dir, tok, datasets, conf, dev, dtype, device_map, rank, 
         torch.distributed.barrier()  # nobody appends before every rank has read the record files
     if todo[rank::world]:
         tries = {k: r.get("attempt", 1) for k, r in recs.items()}
-        run_shard(a, model_dir, tok, todo[rank::world], tries, conf, dev, dtype, device_map, rank)
+        run_shard(a, model_dir, tok, todo[rank::world], tries, conf, dev, dtype, device_map, rank, max_len)
     if world > 1:
         torch.distributed.barrier()  # every shard is on disk
     if rank == 0 and (missing := write_results(a, datasets)):

@@ -488,7 +488,7 @@ class Cache:
 
 @dataclass
 class Slots:
-    """B samples' decoder states side by side, to decode them together (vreason.generate_batch): every tensor of a
+    """B samples' decoder states side by side, to decode them together (batch.generate_batch): every tensor of a
     Cache with a leading slot dimension, and each slot's own valid rows. view(b) is slot b as a Cache of its own (views
     of the same storage), on which prefill, Lite and the controller run unchanged; a step (VideoLM.decode_slots) then
     advances every slot by one token, at its own row."""
@@ -666,6 +666,9 @@ class VideoLM(nn.Module):
                                              timestamps between them are text)
       layer_devices()                        each layer's device (its cache's); the first takes the prompt ids
       devices()                              every device the model uses (synchronized before a timer is read)
+    and for batch.py: new_slots(n, max_len) (Slots: n caches side by side; view(b) is one as a Cache),
+    decode_slots(tokens, pos, slots, finish) (one step for every slot), last_layer over slots (mask), slot_mask,
+    text_position of an index tensor [B] -> [3, B];
     and, for the CLI and eval.py around the method: family (the video.Family: preprocessing, special tokens),
     stop_ids(tok), thinking (the prompt opens the answer with <think>), compile_decode() (--compile), c.model_type
     and c.max_positions (the prompt's length check).
@@ -695,7 +698,9 @@ class VideoLM(nn.Module):
     # --- the contract
     def text_position(self, p, device):
         """The position of a text token at index p, as the prompt's positions lay it out ([3, 1]: every M-RoPE row
-        the same): where a decode step's token goes."""
+        the same): where a decode step's token goes. p may be an int64 tensor [B], one index per slot -> [3, B]."""
+        if isinstance(p, torch.Tensor):
+            return p.to(device)[None].repeat(3, 1)
         return torch.full((3, 1), p, device=device)
 
     def stop_ids(self, tok):  # the ids generation ends at: the family's stop tokens, as this tokenizer spells them
@@ -736,8 +741,9 @@ class VideoLM(nn.Module):
                         p.data = p.data.T.contiguous().T
         options = {"triton.cudagraphs": True, "coordinate_descent_tuning": True} if self.cuda_graphs else None
         self.step = torch.compile(self.step, fullgraph=True, options=options)
+        self.step_slots = torch.compile(self.step_slots, fullgraph=True, options=options)  # (batch.py's step)
         self.last_layer = torch.compile(self.last_layer, dynamic=True)
-        self.compiled, self._cache = True, None
+        self.compiled, self._cache, self._slots = True, None, None
 
     def prefill(self, ids, pos, visual, cache):
         deepstack = (ids == self.c.video_token_id, visual.deepstack) if visual is not None and visual.deepstack else None
@@ -760,16 +766,40 @@ class VideoLM(nn.Module):
     def step(self, token, pos, cache, finish):
         return self.layers(self.embed(token), pos, cache, finish=finish, at=cache.at)
 
-    def decode_slots(self, tokens, pos, slots):
+    def new_slots(self, n, max_len):
+        """The decoder state of n samples side by side (Slots), max_len rows each, every slot empty. Compiled (as
+        new_cache): one set for the life of the model while n and max_len stay (an eval run's do), so that the
+        batched step keeps its shapes and, under CUDA graphs, its addresses."""
+        slots = self._slots if self.compiled else None
+        if slots is None or (len(slots.lengths), slots.k[-1].shape[2]) != (n, max_len):
+            slots = Slots.empty(self.llm.layers, n, max_len, self.dtype)
+            if self.cuda_graphs:  # the graphs write into these in place: their addresses are part of the graph
+                for t in [*(x for x in slots.k + slots.v if x is not None), *(t for st in slots.state if st for t in st),
+                          *slots.at.values()]:
+                    torch._dynamo.mark_static_address(t)
+            if self.compiled:
+                self._slots = slots
+        slots.lengths = [0] * n
+        return slots
+
+    def decode_slots(self, tokens, pos, slots, finish=True):
         """One token for every slot (tokens [B] int64 on the embedding's device, pos [3, B]), each written at its own
-        row slots.lengths[b], through every layer but the last's attention -> that layer's input [B, D]: the caller
-        runs it (last_layer over the slots' K/V: the plain rows, or a controller's). Rows that are no sample's (an
-        empty slot) compute and are dropped."""
+        row slots.lengths[b] -> (logits [B, vocab] fp32, the last layer's input [B, D]); finish=False stops as
+        decode's does, once the last layer's K/V are cached (logits None). Rows that are no sample's (an empty slot)
+        compute and are dropped. The step (step_slots, compiled by compile_decode) has the same shapes for every
+        token and makes no host sync."""
         for at in slots.at.values():
             at.copy_(torch.tensor(slots.lengths, device=at.device))
-        _, h_in = self.layers(self.embed(tokens), pos, slots, finish=False, at=slots.at)
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        logits, h_in = self.step_slots(tokens, pos, slots, finish)
         slots.lengths = [n + 1 for n in slots.lengths]
-        return h_in
+        if self.compiled:  # (as decode: the graph's outputs are overwritten by its next replay)
+            logits, h_in = (None if logits is None else logits.clone()), h_in.clone()
+        return logits, h_in
+
+    def step_slots(self, tokens, pos, slots, finish):
+        return self.layers(self.embed(tokens), pos, slots, finish=finish, at=slots.at)
 
     def slot_mask(self, slots, device):  # [B, T] for last_layer over the slots: 0 on each slot's valid rows, -inf after
         T = next(K for K in slots.k if K is not None).shape[2]
@@ -887,7 +917,9 @@ class VideoLM(nn.Module):
             if deepstack is not None and i < len(deepstack[1]) and i != last:
                 rows = deepstack[0].to(dev)
                 h = h.index_put((rows,), h[rows] + deepstack[1][i].to(dev, h.dtype))
-        return (self.logits(h)[0] if finish else None), h_last_in
+        if not finish:
+            return None, h_last_in
+        return (self.logits(h) if slotted else self.logits(h)[0]), h_last_in
 
 
 # ----------------------------------------------------------------------------- device, dtype, loading
@@ -1068,12 +1100,13 @@ GB = 1e9
 SLACK = 2**29  # 512 MiB on every device: allocator rounding and fragmentation, cuBLAS workspaces, small buffers
 
 
-def memory_need(model, device, dtype, device_map=None, prompt_tokens=0, new_tokens=0):
+def memory_need(model, device, dtype, device_map=None, prompt_tokens=0, new_tokens=0, slots=1):
     """Bytes a request needs on each device it uses, found before anything is loaded: {device: [weights, kv, margin]}.
     weights, exact: from the skeleton (the model on the meta device), every parameter at `dtype` on the device
     placement() gives it (a tied head is one table, VideoLM.lm_head: counted once).
     kv: each layer's cache on its device (layer.cache_bytes): an attention layer's 2 (K, V) x kv heads x head_dim x
-    (prompt + new tokens) x bytes, a linear-attention layer's fixed state.
+    (prompt + new tokens) x bytes, a linear-attention layer's fixed state; x slots, for a batch (batch.py: each slot
+    holds that many rows), whose update also copies the last layer's cache once (its edited values).
     margin, for activations and the rest: the larger of two moments that never overlap, plus SLACK. While loading,
     one checkpoint tensor is in flight: at most the largest parameter, at the checkpoint's dtype or ours, whichever is
     wider. While running, the prefill's activations, per prompt token: the widest layer's own (layer.prefill_values:
@@ -1086,8 +1119,9 @@ def memory_need(model, device, dtype, device_map=None, prompt_tokens=0, new_toke
     for name, p in model.named_parameters():
         need.setdefault(torch.device(placement(name, c, device, device_map)), [0, 0, 0])[0] += p.numel() * size
     for i, layer in enumerate(model.llm.layers):  # (every layer's device holds weights, so is in `need` already)
+        copies = slots + 1 if slots > 1 and i == c.n_layers - 1 else slots  # (+ the batched update's edited copy)
         need[torch.device(placement(f"llm.layers.{i}.", c, device, device_map))][1] += \
-            layer.cache_bytes(prompt_tokens + new_tokens, size)
+            copies * layer.cache_bytes(prompt_tokens + new_tokens, size)
     stored = getattr(torch, c.torch_dtype, None)  # the checkpoint's dtype, as config.json states it
     wider = max(size, stored.itemsize if isinstance(stored, torch.dtype) else 0)
     in_flight = max(p.numel() for p in model.parameters()) * wider
@@ -1157,10 +1191,10 @@ def shortfall(need):  # the first device where the need exceeds what is free: (d
     return None
 
 
-def check_memory(model, device, dtype, device_map=None, prompt_tokens=0, new_tokens=0):
+def check_memory(model, device, dtype, device_map=None, prompt_tokens=0, new_tokens=0, slots=1):
     """Before loading (model: the skeleton): a request that does not fit the free memory of a device it uses stops here
     with one line naming what it needs, what is free, and the ways out, not in an OOM kill or a CUDA error mid-run."""
-    need = memory_need(model, device, dtype, device_map, prompt_tokens, new_tokens)
+    need = memory_need(model, device, dtype, device_map, prompt_tokens, new_tokens, slots)
     short = shortfall(need)
     if short is None:
         return
@@ -1168,8 +1202,10 @@ def check_memory(model, device, dtype, device_map=None, prompt_tokens=0, new_tok
     weights, kv, margin = need[dev]
     ways = []
     if dtype == torch.float32:
-        half = memory_need(model, device, torch.bfloat16, device_map, prompt_tokens, new_tokens)
+        half = memory_need(model, device, torch.bfloat16, device_map, prompt_tokens, new_tokens, slots)
         ways.append(f"--dtype bfloat16 (needs {sum(half[dev]) / GB:.1f} GB{'' if shortfall(half) else ': fits'})")
+    if slots > 1:
+        ways.append(f"a smaller --batch-size (KV cache of {slots} samples)")
     ways.append("a smaller checkpoint (e.g. --model Qwen/Qwen3-VL-2B-Instruct)")
     if device_map is None:
         ways.append("--device-map auto on several GPUs")

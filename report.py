@@ -295,12 +295,12 @@ def paired_tables(p):
     return "\n".join(lines) + "\n"
 
 
-RUN_KEYS = ("model", "device", "device_map", "compile")  # how a record was run, beside its settings
+RUN_KEYS = ("model", "device", "device_map", "compile", "batch_size")  # how a record was run, beside its settings
 
 
 def recorded_settings(recs, modes, given=None):
-    """What the records were made with: the run's (given: data files...), then the --model string, device, device map
-    and compile flag (one value, or the list of them where resumed runs differed), the settings all modes share
+    """What the records were made with: the run's (given: data files...), then the --model string, device, device map,
+    compile flag and batch size (one value, or the list of them where resumed runs differed), the settings all modes share
     (model directory and fingerprint, dtype, decoding, video...) and, per mode, the rest."""
     out = dict(given or {})
     for k in RUN_KEYS:

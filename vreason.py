@@ -99,9 +99,12 @@ class Controller:
             self.adam()
             if i == 0:
                 first = loss.detach()
+        self.write(cache)
+        return first
+
+    def write(self, cache):  # the current rows into the cache's last layer, where decoding reads them
         with torch.no_grad():
             cache.v[-1][:, self.idx] = self.rows().to(cache.v[-1].dtype)
-        return first
 
     def ratio(self):  # ||V - V0|| / ||V0|| over the controlled rows
         with torch.no_grad():
@@ -115,21 +118,22 @@ class Controller:
 def kl_to_uniform(logits, direction):
     """The Entropy Switching Loss without its sign (METHOD.md §3). KL(p||U) = log|V| - H(p) (default);
     KL(U||p) = -log|V| - mean(log p) (note: F.kl_div(log_p, U) computes this second one)."""
-    logp = torch.log_softmax(logits, -1)
+    logp = torch.log_softmax(logits, -1)  # (over the last dim: [B, V] logits give B losses)
     if direction == "pu":
-        return math.log(logp.numel()) + (logp.exp() * logp).sum()
-    return -math.log(logp.numel()) - logp.mean()
+        return math.log(logp.shape[-1]) + (logp.exp() * logp).sum(-1)
+    return -math.log(logp.shape[-1]) - logp.mean(-1)
 
 
-def entropy(logits):  # [V] fp32 (or fp64) logits from model.logits -> nats, full vocabulary, temperature 1
+def entropy(logits):  # [V] (or [B, V]) fp32 / fp64 logits from model.logits -> nats ([B]), full vocabulary, T = 1
     logp = torch.log_softmax(logits, -1)
-    return -(logp.exp() * logp).sum()
+    return -(logp.exp() * logp).sum(-1)
 
 
 class Switch:
     """The switching rule (METHOD.md §3): an EMA of the entropy and its running peak. alpha = +1 (raise entropy:
     explore) while the EMA sits at its running peak, -1 (lower it: exploit) as soon as it dips below; after the
-    global peak it stays -1. `minimize` / `maximize` are the paper's fixed-sign ablations."""
+    global peak it stays -1. `minimize` / `maximize` are the paper's fixed-sign ablations. Elementwise: batch.py runs
+    one rule over the entropies of B samples, a NaN EMA (restart) marking a sample at its first token."""
 
     def __init__(self, beta, objective):
         self.beta, self.objective, self.ema, self.peak, self.alpha = beta, objective, None, None, None
@@ -138,11 +142,19 @@ class Switch:
         """Entropy of the current token -> alpha. All float64 tensors where H is (the host's arithmetic, on the device:
         the decode loop reads them a step later, so the device never waits for the rule)."""
         H = torch.as_tensor(H, dtype=torch.float64)
-        self.ema = H if self.ema is None else self.beta * self.ema + (1 - self.beta) * H
-        self.peak = self.ema if self.peak is None else torch.maximum(self.peak, self.ema)
+        if self.ema is None:
+            self.restart(H.shape, H.device)
+        self.ema = torch.where(self.ema.isnan(), H, self.beta * self.ema + (1 - self.beta) * H)  # the first: H itself
+        self.peak = torch.fmax(self.peak, self.ema)  # (fmax: a NaN peak, a first token's, takes the EMA)
         explore = (self.ema >= self.peak).double()  # 1 at the running peak, 0 below it
         self.alpha = {"switch": 2 * explore - 1, "minimize": -torch.ones_like(H), "maximize": torch.ones_like(H)}[self.objective]
         return self.alpha
+
+    def restart(self, shape=(), device=None, at=None):  # a fresh rule (of this shape), or a fresh sample at index `at`
+        if at is None:
+            self.ema = self.peak = torch.full(shape, math.nan, dtype=torch.float64, device=device)
+        else:
+            self.ema[at], self.peak[at] = math.nan, math.nan
 
 
 def prune(cache, rows, ratio, policy):
@@ -230,7 +242,14 @@ def choose(logits, s, seen, gen):
         p, idx = probs.sort(descending=True)
         drop = p.cumsum(0) - p > s.top_p  # keep the smallest prefix whose mass reaches top_p
         probs = torch.zeros_like(probs).scatter_(0, idx, p.masked_fill(drop, 0))
-    return torch.multinomial(probs.cpu(), 1, generator=gen).to(logits.device)  # a CPU generator: the same draw anywhere
+    probs = probs.cpu()  # (a CPU generator: the same draw anywhere)
+    if not torch.isfinite(probs).all():  # non-finite logits: nothing to draw from; the loop stops on their entropy
+        return logits.argmax()[None]
+    return torch.multinomial(probs, 1, generator=gen).to(logits.device)
+
+
+def non_finite(t):  # how every loop stops a sample whose logits are NaN / inf, rather than emit garbage and write NaN
+    return M.ModelError(f"non-finite logits at generated token {t} (NaN/inf weights, float16 overflow, too large a --lr)")
 
 
 def start(model, prep, s, info, cache=None):
@@ -289,16 +308,16 @@ def generate_reference(model, prep, s, stop_ids, info=None):
                     opt.step()
                     if i == 0:
                         step.loss = float(loss.detach())
-                with torch.no_grad():
-                    cache.v[-1][:, ctrl.idx] = ctrl.rows().to(cache.v[-1].dtype)
-                    if s.redecode:  # 4. the redecode
+                ctrl.write(cache)
+                if s.redecode:  # 4. the redecode
+                    with torch.no_grad():
                         logits = ctrl.logits(model, cache, h_in, pos)
                 step.updated, step.entropy_before, step.entropy = True, H, float(entropy(logits))
                 info["updates"] += 1
             token = choose(logits, s, seen, gen)  # 5. the token
             step.token = int(token)
             if not math.isfinite(step.entropy):
-                raise M.ModelError(f"non-finite logits at generated token {t}")
+                raise non_finite(t)
             yield step
             if step.token in stop_ids:  # 6. stop, or feed the token
                 return
@@ -364,7 +383,7 @@ def generate(model, prep, s, stop_ids, info=None):
             if due(t):
                 step.updated, step.entropy_before, step.loss, step.opt_s = True, *floats[4:], clock.seconds()
             if not math.isfinite(step.entropy):  # stop rather than emit garbage and write NaN
-                raise M.ModelError(f"non-finite logits at generated token {t} (NaN/inf weights, float16 overflow, too large a --lr)")
+                raise non_finite(t)
             yield step
             if step.token in stop_ids or last:
                 return

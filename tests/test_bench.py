@@ -17,7 +17,9 @@ BENCH = os.path.join(ROOT, "bench.py")
 def check_report(rep, stdout):
     assert {"cpu", "cores", "threads", "torch", "transformers", "dtype", "date"} <= set(rep["machine"])
     for i, (name, s) in enumerate(rep["shapes"].items()):
-        assert {"config", "prefill", "decode", "vreason", "memory"} <= set(s), name
+        assert {"config", "prefill", "decode", "vreason", "memory", "batch"} <= set(s), name
+        b = s["batch"]  # batch.py's step against batch 1
+        assert b["slots"] == 3 and b["s_per_step"] > 0 and b["tokens_x_batch1"] > 0 and b["bound_x_base"] > 1
         assert ("vision" in s) == (i == 0)  # the vision encoder is benchmarked once, on the first shape
         assert s.get("vision", {"rel_diff": 0})["rel_diff"] < 1e-4  # both sides got the same inputs (DeepStack too)
         assert s["prefill"]["logits_rel_diff"] < 1e-4

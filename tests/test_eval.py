@@ -369,6 +369,36 @@ def test_two_process_gloo_run_equals_one_process(bench, model_dir, tmp_path):
         assert s1["modes"][m]["output_tokens"] == s2["modes"][m]["output_tokens"]
 
 
+# ----------------------------------------------------------------------------- --batch-size: the records of batch 1
+
+def test_a_batched_run_gives_the_records_of_batch_1(bench, model_dir, tmp_path, capsys):
+    """Real tiny model, every mode, 5 new tokens, the first 4 entries of each file (mc/4's video is missing). At
+    --batch-size 4 (refills, a failing video among them) each record is its batch-1 record but for the timings and the
+    batch size: outputs, scores, tokens kept, updates, the switching rule's trace (entropies to the trace's 3
+    decimals); and a run resumed at another batch size (baseline at 1, then the rest at 3) gives them too."""
+    flags = ["--model", model_dir, "--max-new-tokens", "5", "--limit", "4"]
+    one, four, mixed = tmp_path / "one", tmp_path / "four", tmp_path / "mixed"
+    assert E.main(args(bench, one, *flags)) == 0
+    assert E.main(args(bench, four, *flags, "--batch-size", "4")) == 0
+    err = capsys.readouterr().err
+    assert "mc/4 (baseline, vreason, lite): video not found" in err and "runs in " in err and "at batch size 4, " in err
+    assert E.main(args(bench, mixed, *flags, "--modes", "baseline")) == 0
+    assert E.main(args(bench, mixed, *flags, "--batch-size", "3")) == 0
+    key = lambda r: (r["dataset"], r["id"], r["mode"], r.get("output"), r["prediction"], r["score"], r.get("output_tokens"),
+                     r.get("video_tokens_kept"), r.get("updates"), r["error"], r["settings"],
+                     r.get("trace", {}).get("alpha"), r.get("trace", {}).get("updated_at"))
+    entropies = lambda r: [float(x) for x in r.get("trace", {}).get("entropy", "").split()]
+    ref = records(one)
+    assert len(ref) == 21 and sum(r["error"] is not None for r in ref) == 3
+    for run, sizes in ((four, [4]), (mixed, [1, 3])):
+        got = records(run)
+        assert [key(r) for r in got] == [key(r) for r in ref]
+        assert all(a == pytest.approx(b, abs=1.5e-3) for r, q in zip(got, ref) for a, b in zip(entropies(r), entropies(q)))
+        assert sorted({r["batch_size"] for r in got}) == sizes
+        assert json.loads((run / "summary.json").read_text())["settings"]["batch_size"] == (sizes[0] if len(sizes) == 1 else sizes)
+    assert any(r["updates"] for r in ref) and all(r["latency_s"] > r["prefill_s"] > 0 for r in records(four) if not r["error"])
+
+
 # ----------------------------------------------------------------------------- --out, its lock, video paths, failed writes
 
 def _refused(argv, capsys, message):
