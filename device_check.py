@@ -518,6 +518,9 @@ def eval_e2e(dev, tmp, res, clips, tokens):
     import numpy as np
 
     ckpt, data = os.path.join(tmp, "7b-dry" if dev.type == "cpu" else "7b"), os.path.join(tmp, "e2e")
+    if not os.path.isdir(ckpt):
+        res["error"] = "needs the speed section's checkpoint: run it without --skip speed"
+        return
     char_tokenizer(ckpt)
     os.makedirs(data, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -531,7 +534,8 @@ def eval_e2e(dev, tmp, res, clips, tokens):
                 box.mux(st.encode())
             f.write(json.dumps({"problem_id": i, "problem": "Which way does it move?", "options": ["A. left", "B. right"],
                                 "solution": "<answer>A</answer>", "problem_type": "multiple choice", "path": f"c{i}.mp4"}) + "\n")
-    for name, extra in (("b1", ["--batch-size", "1"]), ("default", [])):
+    default = ["--batch-size", "4"] if dev.type == "cpu" else []  # (eval's default off CUDA is 1: the dry run sets 4)
+    for name, extra in (("b1", ["--batch-size", "1"]), ("default", default)):
         r = subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), "--data", os.path.join(data, "eval_synthetic.jsonl"),
                             "--video-root", data, "--out", os.path.join(tmp, f"e2e-{name}"), "--model", ckpt, "--modes", "baseline",
                             "--max-new-tokens", str(tokens), "--device", dev.type, *extra], capture_output=True, text=True, timeout=900)

@@ -181,7 +181,7 @@ def failed(base, m, conf, why):  # an (entry, mode) run that ended in an error: 
 
 def finished(base, m, conf, tok, steps, info, times, item_type):
     """The record of a decoded (entry, mode) run; times: prefill_s, decode_s, latency_s, video_s, vision_s and
-    peak_memory_bytes, as the batch size measures them (docs/eval.md#records)."""
+    peak_memory_bytes, as the batch size measures them (docs/eval.md#records---out)."""
     text = tok.decode([st.token for st in steps], skip_special_tokens=True)
     pred = answer_of(text)
     sc = score(item_type, pred, base["answer"])
