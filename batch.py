@@ -41,8 +41,8 @@ class Sample:
     first: torch.Tensor  # its first token's logits [vocab], the prefill's (over the cache before Lite), until used
     steps: list = field(default_factory=list)
 
-    def due(self, ahead=0):  # an update at its current token (or `ahead` of it): every k-th of its own tokens (§4 step 3)
-        return self.ctrl is not None and self.s.steps > 0 and (len(self.steps) + ahead) % self.s.update_every == 0
+    def due(self, ahead=0):  # an update at its current token (or `ahead` of it): every k-th of its own tokens
+        return R.update_due(self.s, self.ctrl, len(self.steps) + ahead)
 
 
 @dataclass

@@ -520,6 +520,13 @@ class Slots:
 SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
+def rows_mask(last, T, dtype):
+    """[B] int64, each sample's last valid row -> the [B, T] additive mask over its preallocated rows: 0 up to that
+    row, -inf after (a decode step's, one sample's or many slots', and the batched update's)."""
+    return torch.zeros(last.shape[0], T, device=last.device, dtype=dtype).masked_fill(
+        torch.arange(T, device=last.device) > last[:, None], -math.inf)
+
+
 def decode_attention(q, K, V, mask):
     """A decode step's attention: one new row per query head and sample, q [H, B, d], over each sample's whole
     preallocated cache K/V [B, Hkv, T, d] (one sample: [Hkv, T, d], B = 1), rows after its new one masked (mask
@@ -802,9 +809,8 @@ class VideoLM(nn.Module):
         return self.layers(self.embed(tokens), pos, slots, finish=finish, at=slots.at)
 
     def slot_mask(self, slots, device):  # [B, T] for last_layer over the slots: 0 on each slot's valid rows, -inf after
-        T = next(K for K in slots.k if K is not None).shape[2]
-        n = torch.tensor(slots.lengths, device=device)[:, None]
-        return torch.zeros(len(slots.lengths), T, device=device).masked_fill(torch.arange(T, device=device) >= n, -math.inf)
+        K = next(K for K in slots.k if K is not None)
+        return rows_mask(torch.tensor(slots.lengths, device=device) - 1, K.shape[2], K.dtype)
 
     def last_layer(self, h_in, pos, K, V, mask=None):
         """Recompute the last layer for one position from its input h_in [1, D] over the given K/V [Hkv, T, d]
@@ -897,16 +903,13 @@ class VideoLM(nn.Module):
                 slot = torch.arange(S, device=dev)
                 cache.k[i][slot, :, at[dev]], cache.v[i][slot, :, at[dev]] = k.transpose(0, 1), v.transpose(0, 1)
                 if dev not in masks:  # [B, T_max]: 0 up to each slot's new row, -inf after
-                    T = cache.k[i].shape[2]
-                    masks[dev] = torch.zeros(S, T, device=dev, dtype=h.dtype).masked_fill(
-                        torch.arange(T, device=dev) > at[dev][:, None], -math.inf)
+                    masks[dev] = rows_mask(at[dev], cache.k[i].shape[2], h.dtype)
                 K, V, mask = cache.k[i], cache.v[i], masks[dev]
             else:
                 cache.k[i].index_copy_(1, at[dev], k)
                 cache.v[i].index_copy_(1, at[dev], v)
                 if dev not in masks:  # [1, T_max]: 0 up to the new row, -inf after
-                    T = cache.k[i].shape[1]
-                    masks[dev] = torch.zeros(1, T, device=dev, dtype=h.dtype).masked_fill(torch.arange(T, device=dev) > at[dev], -math.inf)
+                    masks[dev] = rows_mask(at[dev], cache.k[i].shape[1], h.dtype)
                 K, V, mask = cache.k[i], cache.v[i], masks[dev]
             # only the last row matters after the last layer, so skip the others there (slots: every row is a last one)
             if i == last:

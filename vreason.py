@@ -248,6 +248,10 @@ def choose(logits, s, seen, gen):
     return torch.multinomial(probs, 1, generator=gen).to(logits.device)
 
 
+def update_due(s, ctrl, t):  # an update at generated token t (METHOD.md §4 step 3): every k-th, if anything is steered
+    return ctrl is not None and s.steps > 0 and t % s.update_every == 0
+
+
 def non_finite(t):  # how every loop stops a sample whose logits are NaN / inf, rather than emit garbage and write NaN
     return M.ModelError(f"non-finite logits at generated token {t} (NaN/inf weights, float16 overflow, too large a --lr)")
 
@@ -347,7 +351,7 @@ def generate(model, prep, s, stop_ids, info=None):
     pos = prep.pos[:, -1:].clone()  # position of the row whose logits we hold; explicit, never the cache length
     nxt = int(prep.pos.max()) + 1
     seen, switch = prep.ids.clone(), Switch(s.beta, s.objective)
-    due = lambda t: ctrl is not None and s.steps > 0 and t % s.update_every == 0  # an update at step t
+    due = lambda t: update_due(s, ctrl, t)
     try:
         for t in range(s.max_new_tokens):
             H = entropy(logits.detach())
