@@ -28,7 +28,8 @@ A/B, and 2, then 4 and 5; each section's rows and device_check.json are written 
      memory, V-Reason k=2 at B = 32 against the baseline at B = 32;
   7. (eval) eval.py end to end on 256 synthetic 2-second clips (baseline, 64 new tokens, eager) on 3's checkpoint:
      questions an hour at the default --batch-size against --batch-size 1, and the share of the time decoding
-     waited for videos being read (needs PyAV).
+     waited for the next video (read and encoded by eval.py's loader thread at batch > 1; needs PyAV); then the
+     default again with --compile: it must run (the loader's stream beside the capture of CUDA graphs).
 Targets (H100, bf16, batch 1): compiled decode <= 1.25x the floor, >= 3x transformers' tokens/s, V-Reason k=2 <= 1.15x
 baseline per token, peak memory <= 1.02x baseline; Qwen3.5 compiled decode <= 1.3x its floor; batched (issue 20):
 >= 16x batch 1's tokens/s at B = 32, >= 24x at 64, V-Reason k=2 <= 1.20x the baseline at B = 32, eval >= 6x the
@@ -509,8 +510,8 @@ def speed_batch(dev, n, res, keep, sizes):
 
 def eval_e2e(dev, tmp, res, clips, tokens):
     """eval.py end to end on `clips` synthetic 2-second clips (multiple choice, baseline), on speed()'s 7B checkpoint
-    (a character-level tokenizer added), eager: --batch-size 1 against the default; each run's questions an hour
-    and the share of its time decoding waited for videos, as eval.py states them."""
+    (a character-level tokenizer added), eager: --batch-size 1 against the default, then the default compiled; each
+    run's questions an hour and the share of its time decoding waited for videos, as eval.py states them."""
     if importlib.util.find_spec("av") is None:
         res["error"] = "PyAV is not installed here: carry its wheel (README, 'The device check')"
         return
@@ -535,7 +536,8 @@ def eval_e2e(dev, tmp, res, clips, tokens):
             f.write(json.dumps({"problem_id": i, "problem": "Which way does it move?", "options": ["A. left", "B. right"],
                                 "solution": "<answer>A</answer>", "problem_type": "multiple choice", "path": f"c{i}.mp4"}) + "\n")
     default = ["--batch-size", "4"] if dev.type == "cpu" else []  # (eval's default off CUDA is 1: the dry run sets 4)
-    for name, extra in (("b1", ["--batch-size", "1"]), ("default", default)):
+    # (and compiled at the default: the loader thread encodes beside the capture of the step's CUDA graphs)
+    for name, extra in (("b1", ["--batch-size", "1"]), ("default", default), ("compiled", [*default, "--compile"])):
         r = subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), "--data", os.path.join(data, "eval_synthetic.jsonl"),
                             "--video-root", data, "--out", os.path.join(tmp, f"e2e-{name}"), "--model", ckpt, "--modes", "baseline",
                             "--max-new-tokens", str(tokens), "--device", dev.type, *extra], capture_output=True, text=True, timeout=900)
@@ -736,6 +738,11 @@ def main(argv=None):
                          gain >= 6 if not dry else None))
         else:
             rows.append(("eval.py end to end", str({k: v.get("err", "") for k, v in se.items()})[:200], "", False))
+        if have("default", "compiled", d=se) and "per_hour" in se["default"]:
+            ok = "per_hour" in se["compiled"]
+            rows.append(("  eval.py --compile, same B (x eager): encoding beside graph capture",
+                         f"{se['compiled']['per_hour'] / se['default']['per_hour']:.1f}x" if ok else se["compiled"]["err"][-120:],
+                         "runs", ok))
 
     def attention_all():
         for n_rows in s.get("attention_rows", [512]) if "c" in keep else []:

@@ -7,10 +7,11 @@ with torchrun. The scoring rules are videor1.py's, the summary and the figures r
     python eval.py --report runs/7b      # figures + paired statistics from the records (no model; also mid-run)
 
 --batch-size B decodes B (entry, mode) runs together (batch.py), each equal to its batch-1 run, the videos of the next
-entries read by a thread meanwhile.
+entries read and encoded by a thread meanwhile.
 
 Takes every decoding / V-Reason / video / runtime flag of cli.py (cli.add_args). Reference: docs/eval.md.
 """
+import contextlib
 import datetime
 import fcntl
 import hashlib
@@ -195,15 +196,23 @@ def settings_of(conf):  # a record's settings -> the vreason.Settings they were 
     return R.Settings(**{f.name: conf[f.name] for f in fields(R.Settings)})
 
 
+def prepare_entry(model, tok, a, item):
+    """An entry's video read and through the vision encoder -> (vreason.Prepared, or why it could not be: a missing or
+    unreadable video costs this entry only; seconds reading the video)."""
+    try:
+        video, video_s = read_video(a, item, model.family)
+        return R.prepare(model, tok, video, question(item), a.system), video_s
+    except V.VideoError as e:
+        return str(e), 0.0
+
+
 def run_sample(model, tok, a, item, modes, conf, dev, stop_ids):
     """Batch 1: decode and encode the video once, then run each pending mode on the same prepared input. Yields
     records; each mode's peak memory is its own."""
     base = base_record(a, item, dev)
-    try:
-        video, video_s = read_video(a, item, model.family)
-        prep = R.prepare(model, tok, video, question(item), a.system)
-    except V.VideoError as e:  # a missing or unreadable video costs this sample only
-        yield from (failed(base, m, conf, str(e)) for m in modes)
+    prep, video_s = prepare_entry(model, tok, a, item)
+    if isinstance(prep, str):
+        yield from (failed(base, m, conf, prep) for m in modes)
         return
     for m in modes:
         M.reset_peak_memory(model)
@@ -224,59 +233,68 @@ def run_sample(model, tok, a, item, modes, conf, dev, stop_ids):
         yield finished(base, m, conf, tok, steps, info, times, item["problem_type"])
 
 
+AHEAD = 4  # entries the batched loader keeps prepared ahead of the decoding (a burst of free slots takes several)
+
+
 class Prefetch:
-    """--batch-size > 1: the next entries' videos are read by a thread while the batch decodes (reading a video on
-    the CPU is what bounds an evaluation run otherwise). Reading only: the vision encoder runs on the main thread
-    when a sample is admitted (a CUDA graph being captured, --compile, must see no other thread's kernels; the
-    encoder is a short burst beside the decoding). Iterating gives (entry, modes, (video, seconds) or the reason it
-    could not be read); `waited`: the seconds the decoding waited for a video."""
+    """--batch-size > 1: a thread prepares the next entries (prepare_entry: the video read on the CPU, what bounds an
+    evaluation run otherwise, then the vision encoder) while the batch decodes, up to AHEAD ahead. On CUDA the
+    encoder runs on a stream of its own, beside the decode steps: torch.compile captures its CUDA graphs in
+    thread-local mode, which lets another thread queue work on another stream meanwhile. A prepared entry is handed
+    over once its stream has done it (vreason.prepare syncs this thread's streams), and its tensors are marked used
+    by the decoding's stream too, so that their memory is not given back to the loader's stream while a prefill may
+    still read them. Iterating gives (entry, modes, (Prepared or why not, seconds reading the video)); `waited`:
+    the seconds the decoding waited for the next entry."""
 
-    def __init__(self, work, read, depth):
-        self.q, self.waited = queue.Queue(depth), 0.0
-        threading.Thread(target=self.reader, args=(work, read), daemon=True).start()  # (daemon: dies with the run)
+    def __init__(self, work, load, device):
+        self.q, self.waited, self.stopped = queue.Queue(AHEAD), 0.0, False
+        self.thread = threading.Thread(target=self.loader, args=(work, load, device), daemon=True)  # (daemon: dies with
+        self.thread.start()  # the run)
 
-    def reader(self, work, read):
-        for item, modes in work:
-            try:
-                got = read(item)
-            except V.VideoError as e:  # a missing or unreadable video costs this sample only
-                got = str(e)
-            except BaseException as e:  # anything else stops the run, on the main thread
-                self.q.put(e)
-                return
-            self.q.put((item, modes, got))
+    def loader(self, work, load, device):
+        own = torch.cuda.stream(torch.cuda.Stream(device)) if device.type == "cuda" else contextlib.nullcontext()
+        try:
+            with own:
+                for item, modes in work:
+                    if self.stopped:
+                        return
+                    self.q.put((item, modes, load(item)))
+        except BaseException as e:  # anything else than a bad video stops the run, on the main thread
+            self.q.put(e)
+            return
         self.q.put(None)
 
     def __iter__(self):
-        while True:
-            t0 = time.perf_counter()
-            x = self.q.get()
-            self.waited += time.perf_counter() - t0
-            if x is None:
-                return
-            if isinstance(x, BaseException):
-                raise x
-            yield x
+        try:
+            while True:
+                t0 = time.perf_counter()
+                x = self.q.get()
+                self.waited += time.perf_counter() - t0
+                if x is None:
+                    return
+                if isinstance(x, BaseException):
+                    raise x
+                prep = x[2][0]
+                if not isinstance(prep, str) and prep.ids.is_cuda:
+                    for t in (prep.ids, prep.pos, prep.visual.embeds, *prep.visual.deepstack):
+                        t.record_stream(torch.cuda.current_stream(t.device))
+                yield x
+        finally:  # the decoding ended (done, or stopped by an error): the loader stops after the entry in its hands
+            self.stopped = True
+            while not self.q.empty():  # (a loader waiting to put into a full queue goes on, and sees it)
+                self.q.get_nowait()
 
 
 def run_batched(model, tok, a, mine, conf, dev, stop_ids, max_len, write):
     """--batch-size > 1: every pending (entry, mode) of this rank through batch.generate_batch; calls write(entry,
-    record) as each ends. An entry's video is read once and encoded once for all its modes. Timings: a sample's
-    prefill, and its latency from admission to its end (its decoding shared the device with the batch); peak memory:
-    the batch's, since the run began. Returns the seconds the decoding waited for a video to be read."""
-    videos = Prefetch(mine, lambda item: read_video(a, item, model.family), depth=a.batch_size)
+    record) as each ends. An entry's video is read once and encoded once for all its modes, by the loader (Prefetch).
+    Timings: a sample's prefill, and its latency from admission to its end (its decoding shared the device with the
+    batch); peak memory: the batch's, since the run began. Returns the seconds the decoding waited for an entry."""
+    entries = Prefetch(mine, lambda item: prepare_entry(model, tok, a, item), model.layer_devices()[0])
 
     def samples():
-        for item, modes, got in videos:
+        for item, modes, (prep, video_s) in entries:
             base = base_record(a, item, dev)
-            if isinstance(got, str):
-                prep, video_s = got, 0.0
-            else:
-                video, video_s = got
-                try:
-                    prep = R.prepare(model, tok, video, question(item), a.system)
-                except V.VideoError as e:
-                    prep = str(e)
             for m in modes:
                 yield (item, base, m, video_s, prep), prep, settings_of(conf[m])
 
@@ -293,7 +311,7 @@ def run_batched(model, tok, a, mine, conf, dev, stop_ids, max_len, write):
     except torch.cuda.OutOfMemoryError:
         raise M.ModelError(f"out of GPU memory at --batch-size {a.batch_size}; the records so far are kept: rerun with "
                            f"a smaller --batch-size to resume") from None
-    return videos.waited
+    return entries.waited
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -404,12 +422,17 @@ def check_request(a, skeleton, tok, items):
     return bound
 
 
+def held(batch_size):  # the encoded entries a run holds beside its slots: the loader's (Prefetch), and the one admitted
+    return AHEAD + 2 if batch_size > 1 else 0  # (the queue's, the one waiting to enter it, the one being admitted)
+
+
 def default_batch_size(skeleton, dev, dtype, device_map, prompt_tokens, new_tokens):
     """--batch-size unset: 1 off CUDA (a CPU is not bound by the weights' bytes at batch 1 the way a GPU is); on CUDA
     the most of 32, 16, 8, 4, 2 whose caches (each slot the longest prompt the flags allow) pass the memory check."""
     if dev.type != "cuda":
         return 1
-    fits = lambda n: M.shortfall(M.memory_need(skeleton, dev, dtype, device_map, prompt_tokens, new_tokens, slots=n)) is None
+    fits = lambda n: M.shortfall(M.memory_need(skeleton, dev, dtype, device_map, prompt_tokens, new_tokens, slots=n,
+                                               ahead=held(n))) is None
     return next((n for n in (32, 16, 8, 4, 2) if fits(n)), 1)
 
 
@@ -470,7 +493,7 @@ def run_shard(a, model_dir, tok, mine, tries, conf, dev, dtype, device_map, rank
     total = time.perf_counter() - t0
     print(f"eval: rank {rank}: {sum(len(ms) for _, ms in mine)} (entry, mode) runs in {total:.1f} s at batch size "
           f"{a.batch_size}, {3600 * len(mine) / total:.0f} entries an hour; decoding waited {waited:.1f} s "
-          f"({100 * waited / total:.1f}%) for videos being read", file=sys.stderr)
+          f"({100 * waited / total:.1f}%) for videos", file=sys.stderr)
 
 
 def write_results(a, datasets):
@@ -508,7 +531,7 @@ def run(a):
     bound = check_request(a, skeleton, tok, [it for _, items in datasets for it in items])
     if a.batch_size is None:
         a.batch_size = default_batch_size(skeleton, dev, dtype, device_map, bound, a.max_new_tokens)
-    M.check_memory(skeleton, dev, dtype, device_map, bound, a.max_new_tokens, a.batch_size)
+    M.check_memory(skeleton, dev, dtype, device_map, bound, a.max_new_tokens, a.batch_size, held(a.batch_size))
     made, lock = rank == 0 and not os.path.lexists(a.out), None
     try:  # (open_out inside: a Ctrl-C in the instant after it made --out still removes it)
         lock = open_out(a.out, lock=rank == 0)

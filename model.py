@@ -1103,7 +1103,7 @@ GB = 1e9
 SLACK = 2**29  # 512 MiB on every device: allocator rounding and fragmentation, cuBLAS workspaces, small buffers
 
 
-def memory_need(model, device, dtype, device_map=None, prompt_tokens=0, new_tokens=0, slots=1):
+def memory_need(model, device, dtype, device_map=None, prompt_tokens=0, new_tokens=0, slots=1, ahead=0):
     """Bytes a request needs on each device it uses, found before anything is loaded: {device: [weights, kv, margin]}.
     weights, exact: from the skeleton (the model on the meta device), every parameter at `dtype` on the device
     placement() gives it (a tied head is one table, VideoLM.lm_head: counted once).
@@ -1116,8 +1116,12 @@ def memory_need(model, device, dtype, device_map=None, prompt_tokens=0, new_toke
     an attention layer's q|k|v and, in the MLP, gate|up 2I, silu(gate) I and their product I), and 6 D (the
     residual, the embedding and its copy with the video features in, the video features themselves, RMSNorm's
     float32 temporaries), plus a D per DeepStack feature (Qwen3-VL). Attention is flash or memory-efficient: O(S). The count is checked against a GPU's measured peak, and doubled for CUDA's
-    caching allocator, which reserves more than the live activations (docs/performance.md#memory-check). Meant to
-    err high: refusing a run that would just have fit costs a flag, an OOM kill costs the run."""
+    caching allocator, which reserves more than the live activations (docs/performance.md#memory-check).
+    ahead > 0: a loader encodes the next videos while the batch decodes (eval.py at --batch-size > 1), so the vision
+    encoder's activations come on top of the prefill's (per video token merge_size^2 patches, each the vision block's
+    q|k|v, its MLP's 4 I_v and 6 D_v, as above), and `ahead` encoded videos wait, each a feature of D per token and
+    per DeepStack layer. Meant to err high: refusing a run that would just have fit costs a flag, an OOM kill costs
+    the run."""
     c, size, need = model.c, dtype.itemsize, {}
     for name, p in model.named_parameters():
         need.setdefault(torch.device(placement(name, c, device, device_map)), [0, 0, 0])[0] += p.numel() * size
@@ -1128,9 +1132,13 @@ def memory_need(model, device, dtype, device_map=None, prompt_tokens=0, new_toke
     stored = getattr(torch, c.torch_dtype, None)  # the checkpoint's dtype, as config.json states it
     wider = max(size, stored.itemsize if isinstance(stored, torch.dtype) else 0)
     in_flight = max(p.numel() for p in model.parameters()) * wider
-    per_token = max(layer.prefill_values() for layer in model.llm.layers) + \
-        (6 + len(getattr(c, "deepstack", ()))) * c.hidden_size
-    margin = max(in_flight, 2 * prompt_tokens * per_token * size) + SLACK
+    features = (1 + len(getattr(c, "deepstack", ()))) * c.hidden_size  # a video token's, out of the vision encoder
+    per_token = max(layer.prefill_values() for layer in model.llm.layers) + 5 * c.hidden_size + features
+    waiting = 0
+    if ahead:
+        per_token += c.merge_size ** 2 * (9 * c.v_hidden + 4 * c.v_intermediate)
+        waiting = ahead * prompt_tokens * features * size
+    margin = max(in_flight, 2 * prompt_tokens * per_token * size + waiting) + SLACK
     for parts in need.values():
         parts[2] = margin
     return need
@@ -1194,10 +1202,10 @@ def shortfall(need):  # the first device where the need exceeds what is free: (d
     return None
 
 
-def check_memory(model, device, dtype, device_map=None, prompt_tokens=0, new_tokens=0, slots=1):
+def check_memory(model, device, dtype, device_map=None, prompt_tokens=0, new_tokens=0, slots=1, ahead=0):
     """Before loading (model: the skeleton): a request that does not fit the free memory of a device it uses stops here
     with one line naming what it needs, what is free, and the ways out, not in an OOM kill or a CUDA error mid-run."""
-    need = memory_need(model, device, dtype, device_map, prompt_tokens, new_tokens, slots)
+    need = memory_need(model, device, dtype, device_map, prompt_tokens, new_tokens, slots, ahead)
     short = shortfall(need)
     if short is None:
         return
@@ -1205,7 +1213,7 @@ def check_memory(model, device, dtype, device_map=None, prompt_tokens=0, new_tok
     weights, kv, margin = need[dev]
     ways = []
     if dtype == torch.float32:
-        half = memory_need(model, device, torch.bfloat16, device_map, prompt_tokens, new_tokens, slots)
+        half = memory_need(model, device, torch.bfloat16, device_map, prompt_tokens, new_tokens, slots, ahead)
         ways.append(f"--dtype bfloat16 (needs {sum(half[dev]) / GB:.1f} GB{'' if shortfall(half) else ': fits'})")
     if slots > 1:
         ways.append(f"a smaller --batch-size (KV cache of {slots} samples)")

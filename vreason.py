@@ -396,10 +396,12 @@ def generate(model, prep, s, stop_ids, info=None):
         finish(info, ctrl, kept)
 
 
-def sync(model):  # before reading a timer: every GPU the model uses (it may be split across several)
+def sync(model):
+    """Before reading a timer: the work this thread queued on every GPU the model uses (it may be split across
+    several), i.e. each one's current stream; not another thread's (eval.py's loader encodes on a stream of its own)."""
     for d in model.devices():
         if d.type == "cuda":
-            torch.cuda.synchronize(d)
+            torch.cuda.current_stream(d).synchronize()
 
 
 def to_host_later(x):

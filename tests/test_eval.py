@@ -399,6 +399,40 @@ def test_a_batched_run_gives_the_records_of_batch_1(bench, model_dir, tmp_path, 
     assert any(r["updates"] for r in ref) and all(r["latency_s"] > r["prefill_s"] > 0 for r in records(four) if not r["error"])
 
 
+def test_the_loader_prepares_entries_ahead_on_a_thread_of_its_own():
+    """eval.Prefetch (--batch-size > 1): entries come in order, each prepared (read, encoded) by a thread that is not
+    the decoding's, no more than eval.held() ahead of it (what the memory check counts); an error that is not a
+    video's stops the run on the decoding's thread, after the entries before it; `waited` is the decoding's wait."""
+    import threading
+    import time
+
+    made = []
+
+    def load(item):
+        made.append((item, threading.get_ident()))
+        time.sleep(0.2 if item == 0 else 0.0)
+        if item == 9:
+            raise RuntimeError("the encoder failed")
+        return f"why {item}", 0.0  # (a string: an entry that could not be prepared)
+
+    entries = E.Prefetch([(i, ["baseline"]) for i in range(12)], load, torch.device("cpu"))
+    got = iter(entries)
+    assert next(got) == (0, ["baseline"], ("why 0", 0.0)) and entries.waited >= 0.2
+    time.sleep(0.3)  # the loader runs ahead until its queue is full
+    assert [i for i, _ in made] == list(range(E.held(2)))  # 0 taken, AHEAD queued, one waiting to enter the queue
+    rest = []
+    with pytest.raises(RuntimeError, match="the encoder failed"):
+        for item, *_ in got:
+            rest.append(item)
+    assert rest == list(range(1, 9)) and all(t != threading.get_ident() for _, t in made)
+    made.clear()  # a decoding that stops early (an error of its own) stops the loader too
+    entries = E.Prefetch([(i, ["baseline"]) for i in range(10, 100)], load, torch.device("cpu"))
+    for _ in entries:
+        break
+    entries.thread.join(timeout=10)
+    assert not entries.thread.is_alive() and len(made) <= E.held(2) + 1
+
+
 # ----------------------------------------------------------------------------- --out, its lock, video paths, failed writes
 
 def _refused(argv, capsys, message):
@@ -558,6 +592,22 @@ def test_memory_is_checked_before_loading(bench, model_dir, fake, tmp_path, caps
     question = max(len(fake["tok"].encode(VR1.question(x)).ids) for xs in ENTRIES.values() for x in xs)
     assert bounds == [8 * 12544 // 28**2 + question + 64] * 2  # 16 frames (eval's default) of 12544 pixels, in pairs
     assert max(len(ids) for *_, ids, _ in fake["generate"]) <= bounds[0]
+
+
+def test_the_default_batch_size_counts_the_loaders_videos(model_dir, monkeypatch):
+    """--batch-size unset, on CUDA: the most of 32 .. 2 whose slots and the loader's encoded entries (eval.held) pass
+    the memory check: memory that 8 slots fit alone, but not with what the loader holds, gives 4. Off CUDA: 1."""
+    import model as M
+
+    skeleton, cuda, bf16 = M.skeleton(model_dir), torch.device("cuda"), torch.bfloat16
+    need = lambda n, ahead: sum(M.memory_need(skeleton, cuda, bf16, None, 20000, 64, slots=n, ahead=ahead)[cuda])
+    monkeypatch.setattr(M, "free_memory", lambda dev: need(8, E.held(8)))
+    assert E.default_batch_size(skeleton, cuda, bf16, None, 20000, 64) == 8
+    free = need(8, E.held(8)) - 1
+    assert need(8, 0) < free and need(4, E.held(4)) <= free
+    monkeypatch.setattr(M, "free_memory", lambda dev: free)
+    assert E.default_batch_size(skeleton, cuda, bf16, None, 20000, 64) == 4
+    assert E.default_batch_size(skeleton, torch.device("cpu"), bf16, None, 20000, 64) == 1
 
 
 # ----------------------------------------------------------------------------- request-wide errors, resume identity, retries

@@ -266,6 +266,10 @@ def test_memory_need_of_the_7b(tmp_path):
     # reserved by CUDA's allocator (7.35 GB allocated over the weights); weights + kv + margin say 30.0
     long = M.memory_need(skeleton, "cpu", torch.bfloat16, None, 27702, 8)[torch.device("cpu")]
     assert [round(x / 1e9, 2) for x in long] == [16.58, 1.59, 11.83]
+    # batched, a loader encoding beside the decoding (eval.py): the vision encoder's 110,808 patches (4 a video token,
+    # 9 x 1280 + 4 x 3420 values each) on top of the prefill's, and 6 waiting videos of 27702 x 3584 features
+    ahead = M.memory_need(skeleton, "cpu", torch.bfloat16, None, 27702, 8, ahead=6)[torch.device("cpu")]
+    assert ahead[2] - long[2] == 2 * 27702 * 4 * (9 * 1280 + 4 * 3420) * 2 + 6 * 27702 * 3584 * 2
     split = M.memory_need(skeleton, "cpu", torch.bfloat16, [torch.device("meta"), torch.device("cpu")], 1000, 1000)
     assert sum(w for w, _, _ in split.values()) == 2 * 8_292_166_656 and [kv for _, kv, _ in split.values()] == [need[1] // 4] * 2
 
