@@ -8,7 +8,8 @@ slot, as a Cache of its own (Slots.view), is prefilled, pruned and given its con
 A step then runs METHOD.md §4 for every slot at once: the entropies, one switching rule over all of them, the
 update of the samples that are due (one recompute of the last layer for all slots, each due sample's video value
 rows through its own controller; the losses summed, so one backward gives each ΔV its own gradient: nothing in that
-layer mixes samples), the tokens, and one decode step for every slot (VideoLM.decode_slots, each at its own row).
+layer mixes samples; losses, Adam steps and controlled rows each one op for all due samples, not one per sample),
+the tokens, and one decode step for every slot (VideoLM.decode_slots, each at its own row).
 As in vreason.generate, a step before an update stops short of the last layer's attention, whose forward with grad
 then gives every slot's logits and the update's first Adam step at once, and a step's numbers travel to the host
 while the next step is already queued. A finished sample's slot is refilled from the queue, so the batch stays full,
@@ -57,6 +58,7 @@ class Batch:
     switch: R.Switch = None  # one switching rule, elementwise over the slots
     steps: int = 0  # steps taken
     waiting: tuple = None  # the next sample, taken from the queue, waiting for its step (refill)
+    side_by_side: tuple = None  # the due samples' v0 and norms side by side (controlled_rows), and whose they are
 
     @classmethod
     def empty(cls, model, n, max_len):
@@ -176,37 +178,68 @@ def last_forward(model, batch, due):
     -> logits [B, vocab]. A slot not due reads its cache's rows: its logits are its decode step's."""
     slots = batch.slots
     K, V = slots.k[-1], slots.v[-1]  # [B, Hkv, T, d]: the last layer keeps K/V (the contract: PORTING.md)
-    edited = V.clone() if due else V
-    for b in due:
-        edited[b, :, batch.live[b].ctrl.idx] = batch.live[b].ctrl.rows().to(V.dtype)
+    edited = V
+    if due:
+        slot, row, rows = controlled_rows(batch, due)
+        edited = V.clone()
+        edited[slot, :, row] = rows.to(V.dtype)
     with torch.set_grad_enabled(bool(due)):
         return model.last_layer(batch.h_in, batch.pos, K, edited, model.slot_mask(slots, K.device))
+
+
+def controlled_rows(batch, due):
+    """The due samples' (slot indices) controller rows at once, each sample's Controller.rows() side by side along the
+    rows (the map is row by row: every row stays its own controller's) -> the slot and the cache row of each [R], and
+    the rows [R, Hkv, d] fp32, differentiable in each ΔV. Their v0 and norms are put side by side once per due set."""
+    ctrls = [batch.live[b].ctrl for b in due]
+    key = (tuple(due), tuple(ctrls))  # (the objects themselves: == is identity, and they stay alive while cached)
+    if batch.side_by_side is None or batch.side_by_side[0] != key:
+        n = torch.tensor([len(c.idx) for c in ctrls])
+        slot = torch.repeat_interleave(torch.tensor(due), n).to(ctrls[0].idx.device)
+        batch.side_by_side = (key, slot, torch.cat([c.idx for c in ctrls]), torch.cat([c.v0 for c in ctrls], 1),
+                              torch.cat([c.v0_norm for c in ctrls], 1))
+    _, slot, row, v0, v0_norm = batch.side_by_side  # [R], [R], [Hkv, R, d], [Hkv, R, 1]
+    dv = torch.cat([c.dv.expand_as(c.v0) for c in ctrls], 1)  # (a shared controller's one row a head, to its rows)
+    return slot, row, R.turned(v0, dv, v0_norm).transpose(0, 1)
 
 
 def update(model, batch, due, alpha, z):
     """METHOD.md §4 steps 3-4 for the due samples (slot indices) at once, z: the step's last_forward (graph attached)
     for the first Adam step, a fresh one for each further step. The due samples' losses, summed, give each ΔV its own
-    gradient in one backward (nothing in the last layer mixes slots); each takes its own Adam step (a sample that is
-    not due is in no loss and is not stepped). Then the new rows into the cache and, where the settings say so, the
+    gradient in one backward (nothing in the last layer mixes slots); each takes its own Adam step, all in one
+    multi-tensor step (vreason.adam; a sample that is not due is in no loss and is not stepped). Then the new rows into the cache and, where the settings say so, the
     redecode into batch.logits. Returns each slot's first loss [B] (NaN for a slot not due)."""
     live = batch.live
     first = torch.full(alpha.shape, math.nan, dtype=torch.float64, device=alpha.device)
     for i in range(max(live[b].s.steps for b in due)):
         now = [b for b in due if live[b].s.steps > i]
         z = z if i == 0 else last_forward(model, batch, now)
-        losses = torch.stack([alpha[b] * R.kl_to_uniform(z[b], live[b].s.kl) for b in now])
+        losses = switching_losses(batch, now, alpha, z)
         losses.sum().backward()  # into each due ΔV, from its own loss only
-        for b in now:
-            live[b].ctrl.adam()
+        R.adam([live[b].ctrl for b in now])
         if i == 0:
-            first[now] = losses.detach().double()
-    for b in due:
-        live[b].ctrl.write(live[b].cache)
+            first[now] = losses.detach()[now]
+    with torch.no_grad():  # the new rows into the cache (Controller.write, for all of them at once)
+        slot, row, rows = controlled_rows(batch, due)
+        batch.slots.v[-1][slot, :, row] = rows.to(batch.slots.v[-1].dtype)
     redo = [b for b in due if live[b].s.redecode]
     if redo:
         with torch.no_grad():
             batch.logits[redo] = last_forward(model, batch, [])[redo]
     return first
+
+
+def switching_losses(batch, now, alpha, z):
+    """Every slot's alpha * KL (METHOD.md §3) over z [B, vocab] at once, kept for the slots in `now` (indices) and
+    exactly 0 elsewhere, with no gradient there (torch.where, not a product: a slot's NaN logits stay its own).
+    One pass per KL direction the due samples use (nearly always one), not one per sample: a loss of z[b] alone
+    would give each sample's backward a [B, vocab] zero gradient of its own. Returns [B] float64."""
+    losses = torch.zeros_like(alpha)
+    for kl in sorted({batch.live[b].s.kl for b in now}):
+        mine = torch.zeros(alpha.shape, dtype=torch.bool)
+        mine[[b for b in now if batch.live[b].s.kl == kl]] = True
+        losses = torch.where(mine.to(alpha.device), alpha * R.kl_to_uniform(z, kl), losses)
+    return losses
 
 
 def choose_tokens(batch):

@@ -237,6 +237,19 @@ def batch_decode(model, prep, n_slots, n, **settings):
     return time.perf_counter() - t0
 
 
+def update_ops(model, prep, n_slots, n=9):
+    """Host-side work of a batched update: the top-level aten ops (on a GPU, about one kernel launch each) per update
+    step of n_slots samples, V-Reason at k = 1 (every step updates every sample) less the baseline, over n steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    count = {}
+    for key, settings in (("baseline", {}), ("vreason", dict(mode="vreason", update_every=1))):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            batch_decode(model, prep, n_slots, n, **settings)
+        count[key] = sum(1 for e in prof.events() if e.name.startswith("aten::") and e.cpu_parent is None)
+    return (count["vreason"] - count["baseline"]) / n
+
+
 class Stamps:  # a transformers streamer: put() gets the prompt once, then every new token (already on the CPU)
     def __init__(self):
         self.t, self.tokens, self.prompt_seen = [], [], False
@@ -472,6 +485,8 @@ def bench_shape(a, name, dev, dtype, with_vision):
             return row
 
         r = rounds(a, lambda: body(4, 4), body)
+        if a.batch > 1:
+            r["update_ops"] = update_ops(ours, prep, a.batch)
         bw = med(r["bandwidth"])
         floor, floors = token_b / bw, [token_b / b for b in r["bandwidth"]]
         res["decode"] = dict(new_tokens=a.new_tokens, tokens_ours=r["n_ours"][-1], bandwidth_GBps=bw / 1e9, floor_s=floor,
@@ -512,9 +527,11 @@ def bench_shape(a, name, dev, dtype, with_vision):
                                 # costs its share of the step's work instead: the same 2 passes, priced at last_b's
                                 # share of a token's bytes (a product's work and its bytes both scale with its weights)
                                 share_bound_x_base=1 + 2 * (last_b / token_b) / 2,
-                                k2_x_share_bound=med(r["batch_k2"]) / (med(r["batch"]) * (1 + last_b / token_b)))
+                                k2_x_share_bound=med(r["batch_k2"]) / (med(r["batch"]) * (1 + last_b / token_b)),
+                                update_ops=r["update_ops"])
             log(t0, f"batch {a.batch}: {a.batch / med(r['batch']):.2f} tok/s ({res['batch']['tokens_x_batch1']:.2f}x "
-                    f"batch 1), V-Reason k=2 {res['batch']['k2_x_base']:.2f}x its baseline ({res['batch']['k2_x_bound']:.2f}x its bound)")
+                    f"batch 1), V-Reason k=2 {res['batch']['k2_x_base']:.2f}x its baseline ({res['batch']['k2_x_bound']:.2f}x its bound); "
+                    f"{r['update_ops']:.0f} aten ops an update step ({r['update_ops'] / a.batch:.1f} a sample)")
         log(t0, f"decode: ours {1 / med(r['ours']):.2f} tok/s" + (f", hf {1 / med(r['theirs']):.2f} tok/s, same tokens "
                 f"{res['decode']['tokens_match']}" if hf is not None else "") + f", {bw / 1e9:.1f} GB/s; "
                 + ", ".join(f"{label} {res['vreason'][k]['x_baseline']:.2f}x" for k, label, _ in MODES) + " baseline")

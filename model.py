@@ -1101,6 +1101,9 @@ def load_model(model_dir, device="cpu", dtype=torch.float32, device_map=None, pr
 
 GB = 1e9
 SLACK = 2**29  # 512 MiB on every device: allocator rounding and fragmentation, cuBLAS workspaces, small buffers
+CONTROLLER = 10  # float32 copies of the last layer's value rows a controller holds at most, counted from the code (vreason.
+# Controller: v0, ΔV and Adam's two moments; batch.py's side-by-side v0; an update's temporaries: the side-by-side ΔV,
+# the map's intermediates kept for backward, their gradients, Adam's denominator)
 
 
 def memory_need(model, device, dtype, device_map=None, prompt_tokens=0, new_tokens=0, slots=1, ahead=0):
@@ -1120,7 +1123,8 @@ def memory_need(model, device, dtype, device_map=None, prompt_tokens=0, new_toke
     ahead > 0: a loader encodes the next videos while the batch decodes (eval.py at --batch-size > 1), so the vision
     encoder's activations come on top of the prefill's (per video token merge_size^2 patches, each the vision block's
     q|k|v, its MLP's 4 I_v and 6 D_v, as above), and `ahead` encoded videos wait, each a feature of D per token and
-    per DeepStack layer. Meant to err high: refusing a run that would just have fit costs a flag, an OOM kill costs
+    per DeepStack layer. On the last layer's device, V-Reason's controllers: CONTROLLER float32 copies of that
+    layer's value rows at the prompt's tokens, a slot each. Meant to err high: refusing a run that would just have fit costs a flag, an OOM kill costs
     the run."""
     c, size, need = model.c, dtype.itemsize, {}
     for name, p in model.named_parameters():
@@ -1141,6 +1145,11 @@ def memory_need(model, device, dtype, device_map=None, prompt_tokens=0, new_toke
     margin = max(in_flight, 2 * prompt_tokens * per_token * size + waiting) + SLACK
     for parts in need.values():
         parts[2] = margin
+    # V-Reason's controllers, beside the last layer, one a slot: CONTROLLER float32 copies of its value rows at the
+    # prompt's tokens (counted whatever the mode: it errs high for the baseline)
+    last = model.llm.layers[-1]
+    need[torch.device(placement(f"llm.layers.{c.n_layers - 1}.", c, device, device_map))][2] += \
+        slots * CONTROLLER * last.cache_bytes(prompt_tokens, 4) // 2
     return need
 
 

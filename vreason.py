@@ -69,24 +69,12 @@ class Controller:
         self.m, self.m2, self.n = torch.zeros_like(self.dv), torch.zeros_like(self.dv), 0  # Adam's moments and step count
 
     def rows(self):  # [Hkv, Nv, d] fp32, differentiable in dv
-        x = self.v0 + self.dv
-        return x / (x.norm(dim=-1, keepdim=True) + 1e-6) * self.v0_norm
+        return turned(self.v0, self.dv, self.v0_norm)
 
     def logits(self, model, cache, h_in, pos):
         """Last layer at the current position, its video value rows = rows(); then final norm + LM head."""
         K, V = cache.k[-1][:, : cache.length], cache.v[-1][:, : cache.length]
         return model.last_layer(h_in, pos, K, V.index_copy(1, self.idx, self.rows().to(V.dtype)))
-
-    def adam(self, b1=0.9, b2=0.999, eps=1e-8):
-        """One step of torch.optim.Adam (default betas and eps), its arithmetic written out for our single tensor: the
-        same numbers (a test compares), without importing torch.optim, which pulls in torch._dynamo (its start-up cost:
-        docs/performance.md#adam)."""
-        g, self.n = self.dv.grad, self.n + 1
-        self.m.lerp_(g, 1 - b1)
-        self.m2.mul_(b2).addcmul_(g, g, value=1 - b2)
-        with torch.no_grad():
-            self.dv.addcdiv_(self.m, (self.m2.sqrt() / (1 - b2**self.n) ** 0.5).add_(eps), value=-self.s.lr / (1 - b1**self.n))
-        self.dv.grad = None
 
     def update(self, model, cache, h_in, pos, alpha, logits=None):
         """`steps` Adam steps on the switching loss, then write the new rows into the cache. Returns the first loss (on
@@ -96,7 +84,7 @@ class Controller:
             z = logits if i == 0 and logits is not None else self.logits(model, cache, h_in, pos)
             loss = alpha * kl_to_uniform(z, self.s.kl)
             loss.backward()  # into dv only: weights are frozen, h_in and the cache carry no graph
-            self.adam()
+            adam([self])
             if i == 0:
                 first = loss.detach()
         self.write(cache)
@@ -113,6 +101,31 @@ class Controller:
     def angles(self):  # degrees each value row has turned from v0, mean over kv heads -> [Nv]
         with torch.no_grad():
             return torch.rad2deg(torch.acos(F.cosine_similarity(self.rows(), self.v0, dim=-1).clamp(-1, 1))).mean(0)
+
+
+def turned(v0, dv, v0_norm):  # v0 + dv turned back to v0's norm, row by row (each row: its last dim)
+    x = v0 + dv
+    return x / (x.norm(dim=-1, keepdim=True) + 1e-6) * v0_norm
+
+
+def adam(ctrls, b1=0.9, b2=0.999, eps=1e-8):
+    """One step of torch.optim.Adam (default betas and eps) on each controller's ΔV, its arithmetic written out: the
+    same numbers (a test compares), without importing torch.optim, which pulls in torch._dynamo (its start-up cost:
+    docs/performance.md#adam). Each line is one multi-tensor op over all the controllers, as torch.optim's foreach
+    path does it: batch.py steps the controllers of every due sample at once, each with its own step count."""
+    dv, g, m, m2 = [c.dv for c in ctrls], [c.dv.grad for c in ctrls], [c.m for c in ctrls], [c.m2 for c in ctrls]
+    for c in ctrls:
+        c.n += 1
+    torch._foreach_lerp_(m, g, 1 - b1)
+    torch._foreach_mul_(m2, b2)
+    torch._foreach_addcmul_(m2, g, g, value=1 - b2)
+    denom = torch._foreach_sqrt(m2)
+    torch._foreach_div_(denom, [(1 - b2**c.n) ** 0.5 for c in ctrls])
+    torch._foreach_add_(denom, eps)
+    with torch.no_grad():
+        torch._foreach_addcdiv_(dv, m, denom, [-c.s.lr / (1 - b1**c.n) for c in ctrls])
+    for c in ctrls:
+        c.dv.grad = None
 
 
 def kl_to_uniform(logits, direction):

@@ -41,13 +41,21 @@ def numbers(steps):
 
 
 def test_each_sample_equals_its_own_run(tiny):
-    """Six samples through two slots: refills, different prompt lengths, modes, sampling and stops."""
+    """Six samples through two slots, and through four: refills, different prompt lengths, modes (per-token and shared
+    controllers, both KL directions, updating together), sampling and stops."""
     todo = samples(tiny)
-    out = run(tiny, todo)
-    assert set(out) == {i for i, _, _ in todo}
+    refs = {i: alone(tiny, prep, s) for i, prep, s in todo}
+    for n_slots in (2, 4):
+        out = run(tiny, todo, n_slots)
+        assert set(out) == set(refs)
+        same_as_alone(todo, out, refs)
+    assert any(st.updated for st in out[1][0]) and out[3][1]["video_tokens_kept"] < out[3][1]["video_tokens"]
+
+
+def same_as_alone(todo, out, refs):
     for i, prep, s in todo:
         steps, info, err = out[i]
-        ref, ref_info = alone(tiny, prep, s)
+        ref, ref_info = refs[i]
         assert err is None and len(steps) == len(ref) == s.max_new_tokens
         assert [st.token for st in steps] == [st.token for st in ref], i
         assert [(st.alpha, st.updated) for st in steps] == [(st.alpha, st.updated) for st in ref], i
@@ -55,7 +63,6 @@ def test_each_sample_equals_its_own_run(tiny):
             assert all(abs(getattr(a, name) - getattr(b, name)) <= 1e-5 * max(1.0, abs(getattr(b, name)))
                        for a, b in zip(steps, ref)), (i, name)
         assert info["updates"] == ref_info["updates"] and info["video_tokens_kept"] == ref_info["video_tokens_kept"]
-    assert any(st.updated for st in out[1][0]) and out[3][1]["video_tokens_kept"] < out[3][1]["video_tokens"]
 
 
 def test_a_failing_sample_leaves_the_others_unchanged(tiny):

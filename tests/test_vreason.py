@@ -212,19 +212,27 @@ def test_one_step_moves_entropy_the_right_way(tiny, objective, alpha, sign):
 
 
 def test_adam_is_torch_adam(tiny):
-    """Controller.adam writes out torch.optim.Adam (default betas, eps): the same numbers, bit for bit."""
+    """vreason.adam writes out torch.optim.Adam (default betas, eps): the same numbers, bit for bit, for one controller
+    and for several stepped at once (batch.py), each at its own step count, learning rate and shape (per-token and
+    shared), each equal to a torch.optim.Adam of its own."""
     prep = prepared(tiny, (2, 8, 8), 1.0)[0]
-    ctrl = R.Controller(prefilled(tiny, prep)[0], R.video_rows(tiny, prep.ids), R.Settings(mode="vreason", lr=0.03))
-    ref = ctrl.dv.detach().clone().requires_grad_()
-    opt = torch.optim.Adam([ref], lr=0.03)
+    cache, rows = prefilled(tiny, prep)[0], R.video_rows(tiny, prep.ids)
+    ctrls = [R.Controller(cache, rows, R.Settings(mode="vreason", lr=lr, controller=kind))
+             for lr, kind in ((0.03, "per-token"), (0.01, "shared"), (0.05, "per-token"))]
+    refs = [c.dv.detach().clone().requires_grad_() for c in ctrls]
+    opts = [torch.optim.Adam([r], lr=c.s.lr) for r, c in zip(refs, ctrls)]
     gen = torch.Generator().manual_seed(0)
-    for i in range(6):
-        g = torch.randn(ref.shape, generator=gen) * 10.0 ** (i - 3)  # gradients over six orders of magnitude
-        ctrl.dv.grad, ref.grad = g.clone(), g.clone()
-        ctrl.adam()
-        opt.step()
-        assert torch.equal(ctrl.dv.detach(), ref.detach()), i
-    assert ctrl.dv.grad is None and float(ctrl.dv.detach().abs().max()) > 0
+    for i in range(8):
+        now = [j for j in range(3) if i >= 2 * j]  # the second joins at step 2, the third at 4
+        for j in now:
+            g = torch.randn(refs[j].shape, generator=gen) * 10.0 ** (i - 4)  # gradients over eight orders of magnitude
+            ctrls[j].dv.grad, refs[j].grad = g.clone(), g.clone()
+            opts[j].step()
+        R.adam([ctrls[j] for j in now])
+        for j in now:
+            assert torch.equal(ctrls[j].dv.detach(), refs[j].detach()), (i, j)
+    assert [c.n for c in ctrls] == [8, 6, 4] and all(c.dv.grad is None for c in ctrls)
+    assert all(float(c.dv.detach().abs().max()) > 0 for c in ctrls)
 
 
 @pytest.mark.parametrize("kw", [dict(mode="vreason"), dict(mode="vreason", update_every=1, steps=2),
