@@ -207,8 +207,8 @@ def update(model, batch, due, alpha, z):
     """METHOD.md §4 steps 3-4 for the due samples (slot indices) at once, z: the step's last_forward (graph attached)
     for the first Adam step, a fresh one for each further step. The due samples' losses, summed, give each ΔV its own
     gradient in one backward (nothing in the last layer mixes slots); each takes its own Adam step, all in one
-    multi-tensor step (vreason.adam; a sample that is not due is in no loss and is not stepped). Then the new rows into the cache and, where the settings say so, the
-    redecode into batch.logits. Returns each slot's first loss [B] (NaN for a slot not due)."""
+    multi-tensor step (vreason.adam; a sample that is not due is in no loss and is not stepped). Then the new rows
+    into the cache and, where the settings say so, the redecode into batch.logits. Returns each slot's first loss [B] (NaN for a slot not due)."""
     live = batch.live
     first = torch.full(alpha.shape, math.nan, dtype=torch.float64, device=alpha.device)
     for i in range(max(live[b].s.steps for b in due)):
@@ -254,6 +254,7 @@ def choose_tokens(batch):
 
 def end(batch, b, error):
     x, batch.live[b] = batch.live[b], None
+    batch.side_by_side = None  # (it may hold this sample's controller: let its memory go now, not at the next update)
     R.finish(x.info, x.ctrl, x.kept)
     x.info["latency_s"] = time.perf_counter() - x.t0
     return x.key, x.steps, x.info, error
