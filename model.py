@@ -1124,8 +1124,8 @@ def memory_need(model, device, dtype, device_map=None, prompt_tokens=0, new_toke
     encoder's activations come on top of the prefill's (per video token merge_size^2 patches, each the vision block's
     q|k|v, its MLP's 4 I_v and 6 D_v, as above), and `ahead` encoded videos wait, each a feature of D per token and
     per DeepStack layer. On the last layer's device, V-Reason's controllers: CONTROLLER float32 copies of that
-    layer's value rows at the prompt's tokens, a slot each. Meant to err high: refusing a run that would just have fit costs a flag, an OOM kill costs
-    the run."""
+    layer's value rows at the prompt's tokens, a slot each. Meant to err high: refusing a run that would just have
+    fit costs a flag, an OOM kill costs the run."""
     c, size, need = model.c, dtype.itemsize, {}
     for name, p in model.named_parameters():
         need.setdefault(torch.device(placement(name, c, device, device_map)), [0, 0, 0])[0] += p.numel() * size
